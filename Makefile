@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-dev
+
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS ?= 1
+export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0
+
+.PHONY: demo test lint install clean
+
+# One install (package + dev extra) serves both targets; re-run when pyproject changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gmptl run jobs/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check gmptl tests bench
+	$(BIN)/ruff format --check gmptl tests bench
+
+clean:
+	rm -rf out .pytest_cache

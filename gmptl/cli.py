@@ -1,0 +1,195 @@
+"""The ``gmptl`` command line: one subcommand per pipeline step, each a thin wrapper.
+
+Every subcommand loads one validated config (``--config FILE`` plus ``--set
+key=value``), configures logging once, calls one library function and prints
+where its outputs went. Errors print one message naming the key, file or line
+and exit non-zero (2 for config errors, 1 for bad input).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from gmptl.config import Config, iter_keys, load_config, save_config
+from gmptl.errors import GmptlError
+
+log = logging.getLogger("gmptl")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _load(config: str | None, sets: tuple[str, ...], extra: list[str] | None = None) -> Config:
+    return load_config(config, list(sets) + (extra or []))
+
+
+_config_option = click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML config file.")
+_set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """gmptl: GMP-TL speech emotion recognition on Ray."""
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the corpus into.")
+@click.option("--n", "n_utterances", type=int, default=None, help="Utterances (default data.synth.n_utterances).")
+@click.option("--seed", type=int, default=None, help="Seed (default data.synth.seed).")
+@_config_option
+@_set_option
+def synth(out: str, n_utterances: int | None, seed: int | None, config: str | None, sets: tuple[str, ...]) -> None:
+    """Write the synthetic emotional-speech corpus in the IEMOCAP raw-release layout."""
+    from gmptl.data.synth import synthesize_corpus
+
+    extra = [f"data.synth.n_utterances={n_utterances}"] if n_utterances is not None else []
+    extra += [f"data.synth.seed={seed}"] if seed is not None else []
+    cfg = _load(config, sets, extra)
+    res = synthesize_corpus(out, cfg.data.synth)
+    click.echo(
+        f"wrote {res.n_utterances} utterances ({res.hours * 60:.1f} min, {res.n_changing} change emotion "
+        f"part-way) to {res.root}"
+    )
+
+
+@cli.command()
+@click.option("--corpus", type=click.Choice(sorted(["synthetic", "iemocap", "ravdess", "cremad", "emodb",
+                                                    "msp_podcast", "emobox", "generic"])), default=None,
+              help="Corpus loader (data.corpus).")  # fmt: skip
+@click.option("--root", type=click.Path(file_okay=False), default=None, help="Corpus folder (data.root).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest Parquet file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON summary object on stdout.")
+@click.option("--on-bad-audio", type=click.Choice(["error", "skip"]), default=None, help="data.on_bad_audio")
+@click.option("--max-bad-fraction", type=float, default=None, help="data.max_bad_fraction")
+@_config_option
+@_set_option
+def prepare(corpus, root, out, as_json, on_bad_audio, max_bad_fraction, config, sets) -> None:  # noqa: ANN001
+    """Build the manifest (Parquet) of a corpus, checking every label line and audio file."""
+    from gmptl.data.prepare import prepare_manifest
+
+    extra = [f"data.corpus={corpus}"] if corpus else []
+    extra += [f"data.root={root}"] if root else []
+    extra += [f"data.on_bad_audio={on_bad_audio}"] if on_bad_audio else []
+    extra += [f"data.max_bad_fraction={max_bad_fraction}"] if max_bad_fraction is not None else []
+    cfg = _load(config, sets, extra)
+    if not cfg.data.root:
+        raise click.UsageError("--root is required (the corpus folder)")
+    res = prepare_manifest(cfg.data, Path(cfg.data.root), Path(out), full_config=cfg)
+    if as_json:
+        click.echo(json.dumps(res.summary.as_dict()))
+    else:
+        click.echo(_format_summary(res.summary.as_dict()))
+        click.echo(f"manifest: {res.manifest_path}\nreport:   {res.report_path}")
+
+
+@cli.command()
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest from `gmptl prepare`.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write folds.json here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fold table as JSON.")
+@_config_option
+@_set_option
+def folds(manifest: str, out: str | None, as_json: bool, config: str | None, sets: tuple[str, ...]) -> None:
+    """Build and check speaker-independent folds for a manifest (folds.* config keys)."""
+    from gmptl.data.folds import fold_table, make_folds, write_folds
+    from gmptl.data.manifest import read_manifest
+
+    cfg = _load(config, sets)
+    df = read_manifest(manifest)
+    fl = make_folds(df, cfg.folds)
+    rows = fold_table(df, fl)
+    if out:
+        write_folds(df, fl, cfg.folds, out)
+    click.echo(json.dumps(rows) if as_json else _format_folds(rows))
+
+
+@cli.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@_set_option
+def run(config_file: str, sets: tuple[str, ...]) -> None:
+    """Run the experiment of CONFIG_FILE: every implemented step, cached by config hash."""
+    from gmptl.experiment import run_experiment
+
+    cfg = _load(config_file, sets)
+    out = run_experiment(cfg)
+    click.echo(_format_summary(out.summary))
+    click.echo("")
+    click.echo(_format_folds(out.fold_rows))
+    click.echo("")
+    click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
+    click.echo(f"corpus:   {out.corpus_root}\nmanifest: {out.manifest}\nfolds:    {out.folds}")
+
+
+@cli.command("config")
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@_set_option
+@click.option("--keys", is_flag=True, help="Print every config key with its type, default and meaning.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the resolved YAML here.")
+def config_cmd(config_file: str | None, sets: tuple[str, ...], keys: bool, out: str | None) -> None:
+    """Validate a config and print it resolved (or list every key with --keys)."""
+    if keys:
+        click.echo("| key | type | default | meaning |\n|---|---|---|---|")
+        for key, typ, default, desc in iter_keys():
+            click.echo(f"| `{key}` | {typ} | `{default}` | {desc} |")
+        return
+    cfg = _load(config_file, sets)
+    if out:
+        save_config(cfg, out)
+    import yaml
+
+    from gmptl.config import to_dict
+
+    click.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False), nl=False)
+
+
+def _format_summary(s: dict) -> str:
+    lines = [
+        f"utterances: {s['n_utterances']}   hours: {s['hours']:.3f}   speakers: {len(s['speakers'])}   "
+        f"genders: F {s['genders'].get('F', 0)} / M {s['genders'].get('M', 0)}   bad (left out): {len(s['bad'])}",
+        "per class:   " + "  ".join(f"{k} {v}" for k, v in s["per_class"].items()),
+        "per session: " + "  ".join(f"{k} {v}" for k, v in s["per_session"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def _format_folds(rows: list[dict]) -> str:
+    head = f"{'fold':>4}  {'name':<12} {'test speakers':<24} {'validation':<18} {'n_train':>7} {'n_val':>6} {'n_test':>6}"
+    out = [head, "-" * len(head)]
+    for r in rows:
+        out.append(
+            f"{r['fold']:>4}  {r['name']:<12} {','.join(r['test_speakers'])[:24]:<24} "
+            f"{','.join(r['validation_speakers'])[:18]:<18} {r['n_train']:>7} {r['n_validation']:>6} {r['n_test']:>6}"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (console script ``gmptl``); returns the exit code so tests can call it."""
+    try:
+        cli.main(args=argv, prog_name="gmptl", standalone_mode=False)
+    except GmptlError as e:
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

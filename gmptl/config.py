@@ -1,0 +1,299 @@
+"""One validated config tree for every gmptl command.
+
+Input: a YAML file (optional) plus dotted ``--set key=value`` overrides.
+Output: a frozen :class:`Config`. Unknown keys, wrong types and cross-field
+violations are :class:`ConfigError` s that name the key and where it came from
+(the file or the command line).
+
+Sections that later pipeline stages own (``model``, ``features``, ``clustering``,
+``stages.*``, ``tune``, ``tracking``, ``runtime``) exist now so the tree has its
+final shape, and accept no keys until those stages define them: a key there is an
+error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gmptl.errors import ConfigError
+
+CORPUS_NAMES = ("synthetic", "iemocap", "ravdess", "cremad", "emodb", "msp_podcast", "emobox", "generic")
+
+
+class _Section(BaseModel):
+    # strict: "5" is not an int and 1 is not a bool; extra="forbid": a typo is an error.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SynthConfig(_Section):
+    """The built-in synthetic corpus (used when ``data.corpus`` is ``synthetic``)."""
+
+    n_utterances: int = Field(400, ge=8, description="Utterances to generate.")
+    seed: int = Field(0, description="Generator seed; the corpus is a pure function of its settings.")
+    n_sessions: int = Field(5, ge=2, le=99, description="Sessions, each with one female and one male speaker.")
+    emotion_strength: float = Field(
+        1.0, ge=0.0, le=1.0, description="1 = full acted-emotion cues, 0 = every emotion sounds neutral."
+    )
+    change_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="Fraction of utterances whose emotion changes part-way."
+    )
+
+
+class DataConfig(_Section):
+    """Which corpus, where it is, how labels map, and what bad input does."""
+
+    corpus: Literal[
+        "synthetic", "iemocap", "ravdess", "cremad", "emodb", "msp_podcast", "emobox", "generic"
+    ] = Field("synthetic", description="Corpus loader; `synthetic` generates the built-in demo corpus.")
+    root: str | None = Field(
+        None,
+        description="Corpus root folder. Required for every corpus but `synthetic` "
+        "(whose default is `<output_dir>/synthetic_corpus`).",
+    )
+    label_map: dict[str, str] | None = Field(
+        None,
+        description="Native label -> class name. Labels of the corpus not in the map are excluded "
+        "(counted). Default: the corpus's 4-class map (neutral, happy, sad, angry).",
+    )
+    drop_labels: list[str] = Field(
+        default_factory=list,
+        description="Open-vocabulary corpora (emobox, generic): labels that are known but excluded; "
+        "any label neither here nor in label_map is an error.",
+    )
+    metadata_file: str | None = Field(
+        None,
+        description="Label/metadata file relative to root: the CSV/JSONL for `generic` (required) and "
+        "`emobox`, MSP-Podcast's labels CSV, CREMA-D's demographics CSV.",
+    )
+    speaker_table: str | None = Field(
+        None,
+        description="emobox: CSV (key,speaker,gender) for JSONL lines that carry no speaker/gender.",
+    )
+    sample_rate_hz: int = Field(16000, gt=0, description="Audio is resampled to this rate when read.")
+    on_bad_audio: Literal["error", "skip"] = Field(
+        "error", description="`error`: stop at the first bad file; `skip`: leave it out and report it."
+    )
+    max_bad_fraction: float = Field(
+        0.01, ge=0.0, lt=1.0, description="With `skip`, fail anyway when more than this fraction is bad."
+    )
+    num_workers: int = Field(0, ge=0, description="Threads that decode audio in prepare; 0 = one per CPU.")
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+    @model_validator(mode="after")
+    def _root_required(self) -> DataConfig:
+        if self.corpus != "synthetic" and not self.root:
+            raise ValueError(
+                f"data.root is required for corpus {self.corpus!r} (it has no safe default); "
+                f"set it with --set data.root=/path/to/{self.corpus}"
+            )
+        return self
+
+
+class OfficialSplits(_Section):
+    train: list[str] = Field(default_factory=lambda: ["Train"], description="Split names used for training.")
+    validation: list[str] = Field(default_factory=lambda: ["Development"], description="Validation splits.")
+    test: list[str] = Field(default_factory=lambda: ["Test1"], description="Test splits.")
+
+
+class FoldsConfig(_Section):
+    """Speaker-independent cross-validation (METHOD.md, evaluation protocol)."""
+
+    scheme: Literal["loso", "lospk", "speaker_kfold", "official"] = Field(
+        "loso",
+        description="`loso` leave-one-session-out; `lospk` leave-one-speaker-out; `speaker_kfold` k folds "
+        "over speakers; `official` the corpus's own split column (MSP-Podcast).",
+    )
+    n_folds: int | None = Field(None, ge=2, description="Folds for `speaker_kfold` (required there).")
+    validation: Literal["speakers", "official", "test"] = Field(
+        "speakers",
+        description="`speakers`: hold out whole training speakers for model selection; `official`: the "
+        "corpus's validation split (scheme official). `test` is rejected: it selects on the test fold.",
+    )
+    n_validation_speakers: int = Field(1, ge=1, description="Speakers held out of training per fold.")
+    seed: int = Field(0, description="Seed for validation-speaker choice and k-fold assignment.")
+    official: OfficialSplits = Field(default_factory=OfficialSplits)
+
+    @model_validator(mode="after")
+    def _protocol(self) -> FoldsConfig:
+        if self.validation == "test":
+            raise ValueError(
+                "folds.validation=test would select models on the test fold, which inflates every "
+                "reported number; use folds.validation=speakers (whole training speakers held out)"
+            )
+        if self.scheme == "speaker_kfold" and self.n_folds is None:
+            raise ValueError("folds.n_folds is required when folds.scheme=speaker_kfold (e.g. --set folds.n_folds=5)")
+        if self.scheme != "speaker_kfold" and self.n_folds is not None:
+            raise ValueError(f"folds.n_folds only applies to scheme speaker_kfold, not {self.scheme!r}; remove it")
+        if self.validation == "official" and self.scheme != "official":
+            raise ValueError("folds.validation=official needs folds.scheme=official")
+        return self
+
+
+class _Reserved(_Section):
+    """A section whose keys arrive with the stage that uses them."""
+
+
+class StagesConfig(_Section):
+    mtl: _Reserved = Field(default_factory=_Reserved)
+    gmp: _Reserved = Field(default_factory=_Reserved)
+    utterance: _Reserved = Field(default_factory=_Reserved)
+
+
+class Config(_Section):
+    """The root of the config tree."""
+
+    output_dir: str = Field("out/demo", description="Everything a run writes goes under this folder.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    folds: FoldsConfig = Field(default_factory=FoldsConfig)
+    model: _Reserved = Field(default_factory=_Reserved)
+    features: _Reserved = Field(default_factory=_Reserved)
+    clustering: _Reserved = Field(default_factory=_Reserved)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    tune: _Reserved = Field(default_factory=_Reserved)
+    tracking: _Reserved = Field(default_factory=_Reserved)
+    runtime: _Reserved = Field(default_factory=_Reserved)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        if self.folds.scheme == "official" and self.data.corpus not in ("msp_podcast", "generic"):
+            raise ValueError(
+                f"folds.scheme=official needs a corpus with an official split column (msp_podcast, or a "
+                f"generic corpus with a `split` column); data.corpus is {self.data.corpus!r}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader) if text.strip() else ""
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> str:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set data.root=/data/IEMOCAP")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(f"--set {item!r}: {key!r} is not a dotted config key such as folds.scheme")
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = _parse_scalar(raw)
+    return key
+
+
+def _format_errors(err: ValidationError, source: str, override_keys: set[str]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        where = "--set" if any(loc == k or loc.startswith(k + ".") for k in override_keys) else source
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown config key {loc!r}; see `gmptl config --keys` for the valid keys")
+        elif e["type"] == "value_error":
+            msg = str(e.get("ctx", {}).get("error", e["msg"]))
+            lines.append(f"{where}: {msg}" if not loc else f"{where}: {loc}: {msg}")
+        else:
+            lines.append(f"{where}: {loc}: {e['msg']} (got {e['input']!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read YAML (optional), apply dotted overrides, validate strictly.
+
+    Args:
+        path: a YAML file whose top level is a mapping, or None for the defaults.
+        overrides: ``key=value`` strings; values are parsed as YAML scalars/lists.
+    Raises:
+        ConfigError: unreadable file, bad override syntax, unknown key, wrong type,
+            or a cross-field rule; the message names the key and its source.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.load(p.read_text(), Loader=_Loader)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+    override_keys = {_apply_override(tree, item) for item in overrides}
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source, override_keys)) from None
+
+
+def to_dict(section: BaseModel) -> dict[str, Any]:
+    return section.model_dump(mode="json")
+
+
+def config_hash(*sections: BaseModel) -> str:
+    """A short stable hash of config sections: artifact folders are keyed on it."""
+    blob = json.dumps([to_dict(s) for s in sections], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the fully resolved config as YAML (loadable by :func:`load_config`)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return p
+
+
+def iter_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Every config key as (dotted key, type, default, description), for docs and `gmptl config --keys`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if ann is _Reserved:
+                rows.append((key, "section", "{}", "Reserved: keys arrive with the stage that uses them."))
+            else:
+                rows.extend(iter_keys(ann, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = str(ann).replace("typing.", "")
+        if hasattr(ann, "__name__") and ann.__module__ == "builtins":
+            type_name = ann.__name__
+        rows.append((key, type_name, json.dumps(default), field.description or ""))
+    return rows

@@ -1,0 +1,1 @@
+"""Data: corpus loaders -> one manifest schema -> speaker-independent folds. Pure: no ray, no mlflow."""

@@ -1,0 +1,148 @@
+"""``gmptl prepare``: corpus folder -> manifest.parquet + report + resolved config.
+
+Inputs: a :class:`DataConfig` and the corpus root. Outputs, beside ``out``:
+``<stem>.parquet`` (the manifest), ``<stem>.report.json`` (summary, every left-out
+item with its reason, deliberate exclusions, loader notes) and
+``<stem>.config.yaml`` (the resolved config that produced them).
+
+Bad input policy (``data.on_bad_audio``): ``error`` stops at the first bad item,
+naming its file and line; ``skip`` leaves bad items out, lists them, and still
+fails when more than ``data.max_bad_fraction`` of the candidates are bad.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gmptl.config import Config, DataConfig, config_hash, save_config
+from gmptl.data.audio import AudioError, inspect_audio
+from gmptl.data.corpora import LabelMapper, get_corpus
+from gmptl.data.manifest import BadItem, Summary, Utterance, summarize, to_frame, write_manifest
+from gmptl.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareResult:
+    manifest_path: Path
+    report_path: Path
+    summary: Summary
+    excluded: dict[str, int]
+    notes: list[str]
+
+
+def report_path_for(manifest: Path) -> Path:
+    return manifest.with_name(manifest.stem + ".report.json")
+
+
+def _check_ids_and_paths(records: list[Utterance], root: Path, bad: list[BadItem]) -> list[Utterance]:
+    """Drop (and report) every copy of a duplicated id, and paths that resolve outside root."""
+    counts = Counter(r.utt_id for r in records)
+    root_resolved = root.resolve()
+    kept = []
+    for r in records:
+        where = r.source_file or r.path
+        if counts[r.utt_id] > 1:
+            others = [f"{o.source_file}:{o.source_line}" for o in records if o.utt_id == r.utt_id and o is not r]
+            bad.append(
+                BadItem(where, f"duplicated utterance id {r.utt_id} (also at {', '.join(others)})", r.source_line, r.utt_id)
+            )
+            continue
+        # resolve() follows symlinks: a link that leaves the corpus is caught too.
+        if not Path(r.path).resolve().is_relative_to(root_resolved):
+            bad.append(BadItem(where, f"path {r.path} is outside the corpus root {root}", r.source_line, r.utt_id))
+            continue
+        kept.append(r)
+    return kept
+
+
+def _measure(record: Utterance) -> Utterance | BadItem:
+    try:
+        info = inspect_audio(record.path)
+    except AudioError as e:
+        if e.reason == "missing file" and record.source_file and record.source_line is not None:
+            return BadItem(record.source_file, f"points at missing wav {record.path}", record.source_line, record.utt_id)
+        return BadItem(record.path, e.reason, utt_id=record.utt_id)
+    record.duration_s = info.duration_s
+    record.sample_rate = info.sample_rate
+    return record
+
+
+def _raise_first(bad: list[BadItem], n_more: int = 0) -> None:
+    first = bad[0]
+    more = f" ({n_more} more bad items found)" if n_more else ""
+    raise BadInputError(
+        f"{first.where()}: {first.reason}{more}. Fix the input, or leave bad items out with "
+        f"--on-bad-audio skip (capped by --max-bad-fraction)"
+    )
+
+
+def prepare_manifest(data: DataConfig, root: Path, out: Path, full_config: Config | None = None) -> PrepareResult:
+    """Build, check and write the manifest for one corpus (see module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(f"corpus root {root} is not a folder; set data.root (or --root) to the corpus folder")
+    spec = get_corpus(data.corpus)
+    mapper = LabelMapper.for_corpus(data, spec)
+    loaded = spec.load(data, root, mapper)
+    bad = list(loaded.bad)
+    records = _check_ids_and_paths(loaded.records, root, bad)
+    if data.on_bad_audio == "error" and bad:
+        _raise_first(bad, len(bad) - 1)
+
+    workers = data.num_workers or min(8, os.cpu_count() or 1)
+    kept: list[Utterance] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for item in pool.map(_measure, records):
+            if isinstance(item, BadItem):
+                bad.append(item)
+                if data.on_bad_audio == "error":
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    _raise_first([item])
+            else:
+                kept.append(item)
+
+    n_candidates = len(kept) + len(bad)
+    if not kept:
+        raise BadInputError(
+            f"{root}: no usable utterances for corpus {data.corpus!r} "
+            f"({len(bad)} bad, {sum(loaded.excluded.values())} excluded by the label map)"
+        )
+    fraction = len(bad) / n_candidates
+    if fraction > data.max_bad_fraction:
+        listing = "; ".join(f"{b.where()}: {b.reason}" for b in bad[:5])
+        raise BadInputError(
+            f"{len(bad)} of {n_candidates} items are bad ({fraction:.1%} > data.max_bad_fraction "
+            f"{data.max_bad_fraction:.1%}): {listing}{' ...' if len(bad) > 5 else ''}"
+        )
+    for b in bad:
+        log.warning("left out %s: %s", b.where(), b.reason)
+    for note in loaded.notes:
+        log.warning("%s", note)
+
+    out = Path(out)
+    data_hash = config_hash(data)
+    write_manifest(kept, out, meta={"corpus": data.corpus, "root": str(root.resolve()), "data_hash": data_hash})
+    summary = summarize(to_frame(kept), bad)
+    report: dict[str, Any] = {
+        "summary": summary.as_dict(),
+        "excluded": dict(sorted(loaded.excluded.items())),
+        "notes": loaded.notes,
+        "corpus": data.corpus,
+        "root": str(root.resolve()),
+        "data_hash": data_hash,
+        "n_candidates": n_candidates,
+    }
+    report_path = report_path_for(out)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    save_config(full_config or Config(data=data), out.with_name(out.stem + ".config.yaml"))
+    log.info("wrote %s (%d utterances, %d bad, %d excluded)", out, len(kept), len(bad), sum(loaded.excluded.values()))
+    return PrepareResult(out, report_path, summary, dict(loaded.excluded), loaded.notes)
