@@ -23,8 +23,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gmptl run jobs/demo.yaml
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# pytest exits 5 when it collected nothing: say so, and fail.
+test: $(STAMP) lint
+	@$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; fi; \
+	exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check gmptl tests bench

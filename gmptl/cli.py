@@ -35,7 +35,9 @@ def _load(config: str | None, sets: tuple[str, ...], extra: list[str] | None = N
 
 
 _config_option = click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML config file.")
-_set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+_set_option = click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable)."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,12 +48,18 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the corpus into.")
-@click.option("--n", "n_utterances", type=int, default=None, help="Utterances (default data.synth.n_utterances).")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Folder to write the corpus into."
+)
+@click.option(
+    "--n", "n_utterances", type=int, default=None, help="Utterances (default data.synth.n_utterances)."
+)
 @click.option("--seed", type=int, default=None, help="Seed (default data.synth.seed).")
 @_config_option
 @_set_option
-def synth(out: str, n_utterances: int | None, seed: int | None, config: str | None, sets: tuple[str, ...]) -> None:
+def synth(
+    out: str, n_utterances: int | None, seed: int | None, config: str | None, sets: tuple[str, ...]
+) -> None:
     """Write the synthetic emotional-speech corpus in the IEMOCAP raw-release layout."""
     from gmptl.data.synth import synthesize_corpus
 
@@ -96,7 +104,9 @@ def prepare(corpus, root, out, as_json, on_bad_audio, max_bad_fraction, config, 
 
 
 @cli.command()
-@click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest from `gmptl prepare`.")
+@click.option(
+    "--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest from `gmptl prepare`."
+)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write folds.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fold table as JSON.")
 @_config_option

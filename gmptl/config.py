@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +39,9 @@ class SynthConfig(_Section):
 
     n_utterances: int = Field(400, ge=8, description="Utterances to generate.")
     seed: int = Field(0, description="Generator seed; the corpus is a pure function of its settings.")
-    n_sessions: int = Field(5, ge=2, le=99, description="Sessions, each with one female and one male speaker.")
+    n_sessions: int = Field(
+        5, ge=2, le=99, description="Sessions, each with one female and one male speaker."
+    )
     emotion_strength: float = Field(
         1.0, ge=0.0, le=1.0, description="1 = full acted-emotion cues, 0 = every emotion sounds neutral."
     )
@@ -55,7 +59,7 @@ class DataConfig(_Section):
     root: str | None = Field(
         None,
         description="Corpus root folder. Required for every corpus but `synthetic` "
-        "(whose default is `<output_dir>/synthetic_corpus`).",
+        "(whose default is `<output_dir>/synthetic_corpus/<hash of data.synth>`).",
     )
     label_map: dict[str, str] | None = Field(
         None,
@@ -128,9 +132,13 @@ class FoldsConfig(_Section):
                 "reported number; use folds.validation=speakers (whole training speakers held out)"
             )
         if self.scheme == "speaker_kfold" and self.n_folds is None:
-            raise ValueError("folds.n_folds is required when folds.scheme=speaker_kfold (e.g. --set folds.n_folds=5)")
+            raise ValueError(
+                "folds.n_folds is required when folds.scheme=speaker_kfold (e.g. --set folds.n_folds=5)"
+            )
         if self.scheme != "speaker_kfold" and self.n_folds is not None:
-            raise ValueError(f"folds.n_folds only applies to scheme speaker_kfold, not {self.scheme!r}; remove it")
+            raise ValueError(
+                f"folds.n_folds only applies to scheme speaker_kfold, not {self.scheme!r}; remove it"
+            )
         if self.validation == "official" and self.scheme != "official":
             raise ValueError("folds.validation=official needs folds.scheme=official")
         return self
@@ -252,7 +260,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}"
+            )
         tree = loaded
     override_keys = {_apply_override(tree, item) for item in overrides}
     try:
@@ -279,6 +289,18 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     return p
 
 
+def _type_name(ann: Any) -> str:
+    """A readable, pipe-free type for the key table: `one of a/b`, `str or null`, `list[str]`."""
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is Literal:
+        return "one of " + "/".join(str(a) for a in args)
+    if typing.get_origin(ann) in (types.UnionType, typing.Union):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if args:
+        return f"{typing.get_origin(ann).__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann))
+
+
 def iter_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """Every config key as (dotted key, type, default, description), for docs and `gmptl config --keys`."""
     rows = []
@@ -292,8 +314,5 @@ def iter_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[s
                 rows.extend(iter_keys(ann, key + "."))
             continue
         default = field.get_default(call_default_factory=True)
-        type_name = str(ann).replace("typing.", "")
-        if hasattr(ann, "__name__") and ann.__module__ == "builtins":
-            type_name = ann.__name__
-        rows.append((key, type_name, json.dumps(default), field.description or ""))
+        rows.append((key, _type_name(ann), json.dumps(default), field.description or ""))
     return rows

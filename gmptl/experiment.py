@@ -49,7 +49,9 @@ def ensure_synthetic_corpus(cfg: Config, root: Path) -> str:
             f"point data.root elsewhere or leave it unset (the default folder is keyed on data.synth)"
         )
     if root.exists() and any(root.iterdir()):
-        raise ConfigError(f"data.root={root} is not empty and is not a synthetic corpus; refusing to write into it")
+        raise ConfigError(
+            f"data.root={root} is not empty and is not a synthetic corpus; refusing to write into it"
+        )
     res = synthesize_corpus(root, cfg.data.synth)
     log.info("synthesised %d utterances (%.2f h) into %s", res.n_utterances, res.hours, root)
     return "ran"

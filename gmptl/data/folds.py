@@ -61,13 +61,17 @@ def check_fold(fold: Fold) -> None:
         for b in names[i + 1 :]:
             shared = sorted(set(parts[a]) & set(parts[b]))
             if shared:
-                raise FoldError(f"fold {fold.name}: speakers {shared} are in both {a} and {b} (speaker leakage)")
+                raise FoldError(
+                    f"fold {fold.name}: speakers {shared} are in both {a} and {b} (speaker leakage)"
+                )
     for name in ("train", "test"):
         if not parts[name]:
             raise FoldError(f"fold {fold.name}: the {name} part has no speakers")
 
 
-def _pick_validation(train: list[str], n: int, rng: np.random.Generator, fold_name: str, key: str) -> list[str]:
+def _pick_validation(
+    train: list[str], n: int, rng: np.random.Generator, fold_name: str, key: str
+) -> list[str]:
     if len(train) <= n:
         raise FoldError(
             f"fold {fold_name}: {len(train)} training speakers cannot give {n} validation speakers and still "
@@ -76,7 +80,9 @@ def _pick_validation(train: list[str], n: int, rng: np.random.Generator, fold_na
     return sorted(rng.choice(sorted(train), size=n, replace=False).tolist())
 
 
-def _speaker_folds(groups: list[tuple[str, list[str]]], all_speakers: list[str], cfg: FoldsConfig) -> list[Fold]:
+def _speaker_folds(
+    groups: list[tuple[str, list[str]]], all_speakers: list[str], cfg: FoldsConfig
+) -> list[Fold]:
     folds = []
     for i, (name, test) in enumerate(groups):
         rest = [s for s in all_speakers if s not in set(test)]
@@ -106,7 +112,9 @@ def make_folds(manifest: pd.DataFrame, cfg: FoldsConfig) -> list[Fold]:
         for session, spk in groups:
             for s in spk:
                 if s in seen:
-                    raise FoldError(f"speaker {s} appears in sessions {seen[s]} and {session}; loso would leak it")
+                    raise FoldError(
+                        f"speaker {s} appears in sessions {seen[s]} and {session}; loso would leak it"
+                    )
                 seen[s] = session
         folds = _speaker_folds(groups, speakers, cfg)
     elif cfg.scheme == "lospk":
@@ -127,7 +135,9 @@ def make_folds(manifest: pd.DataFrame, cfg: FoldsConfig) -> list[Fold]:
 
 def _official_fold(manifest: pd.DataFrame, cfg: FoldsConfig) -> Fold:
     if manifest["split"].isna().all():
-        raise FoldError("folds.scheme=official needs the manifest's `split` column, which is empty for this corpus")
+        raise FoldError(
+            "folds.scheme=official needs the manifest's `split` column, which is empty for this corpus"
+        )
     splits = {"train": cfg.official.train, "validation": cfg.official.validation, "test": cfg.official.test}
     present = set(manifest["split"].dropna().unique())
     for part, names in splits.items():
@@ -137,10 +147,14 @@ def _official_fold(manifest: pd.DataFrame, cfg: FoldsConfig) -> Fold:
             raise FoldError(
                 f"folds.official.{part}={names}: none of these splits is in the manifest (found {sorted(present)})"
             )
-    speakers = {p: sorted(manifest.loc[manifest["split"].isin(n), "speaker"].unique()) for p, n in splits.items()}
+    speakers = {
+        p: sorted(manifest.loc[manifest["split"].isin(n), "speaker"].unique()) for p, n in splits.items()
+    }
     if cfg.validation == "speakers":
         rng = np.random.default_rng([cfg.seed, 0])
-        val = _pick_validation(speakers["train"], cfg.n_validation_speakers, rng, "official", "folds.n_validation_speakers")
+        val = _pick_validation(
+            speakers["train"], cfg.n_validation_speakers, rng, "official", "folds.n_validation_speakers"
+        )
         train = [s for s in speakers["train"] if s not in set(val)]
         splits = {**splits, "validation": []}
     else:

@@ -51,14 +51,23 @@ def _check_ids_and_paths(records: list[Utterance], root: Path, bad: list[BadItem
     for r in records:
         where = r.source_file or r.path
         if counts[r.utt_id] > 1:
-            others = [f"{o.source_file}:{o.source_line}" for o in records if o.utt_id == r.utt_id and o is not r]
+            others = [
+                f"{o.source_file}:{o.source_line}" for o in records if o.utt_id == r.utt_id and o is not r
+            ]
             bad.append(
-                BadItem(where, f"duplicated utterance id {r.utt_id} (also at {', '.join(others)})", r.source_line, r.utt_id)
+                BadItem(
+                    where,
+                    f"duplicated utterance id {r.utt_id} (also at {', '.join(others)})",
+                    r.source_line,
+                    r.utt_id,
+                )
             )
             continue
         # resolve() follows symlinks: a link that leaves the corpus is caught too.
         if not Path(r.path).resolve().is_relative_to(root_resolved):
-            bad.append(BadItem(where, f"path {r.path} is outside the corpus root {root}", r.source_line, r.utt_id))
+            bad.append(
+                BadItem(where, f"path {r.path} is outside the corpus root {root}", r.source_line, r.utt_id)
+            )
             continue
         kept.append(r)
     return kept
@@ -69,7 +78,9 @@ def _measure(record: Utterance) -> Utterance | BadItem:
         info = inspect_audio(record.path)
     except AudioError as e:
         if e.reason == "missing file" and record.source_file and record.source_line is not None:
-            return BadItem(record.source_file, f"points at missing wav {record.path}", record.source_line, record.utt_id)
+            return BadItem(
+                record.source_file, f"points at missing wav {record.path}", record.source_line, record.utt_id
+            )
         return BadItem(record.path, e.reason, utt_id=record.utt_id)
     record.duration_s = info.duration_s
     record.sample_rate = info.sample_rate
@@ -85,11 +96,15 @@ def _raise_first(bad: list[BadItem], n_more: int = 0) -> None:
     )
 
 
-def prepare_manifest(data: DataConfig, root: Path, out: Path, full_config: Config | None = None) -> PrepareResult:
+def prepare_manifest(
+    data: DataConfig, root: Path, out: Path, full_config: Config | None = None
+) -> PrepareResult:
     """Build, check and write the manifest for one corpus (see module docstring)."""
     root = Path(root)
     if not root.is_dir():
-        raise BadInputError(f"corpus root {root} is not a folder; set data.root (or --root) to the corpus folder")
+        raise BadInputError(
+            f"corpus root {root} is not a folder; set data.root (or --root) to the corpus folder"
+        )
     spec = get_corpus(data.corpus)
     mapper = LabelMapper.for_corpus(data, spec)
     loaded = spec.load(data, root, mapper)
@@ -130,7 +145,9 @@ def prepare_manifest(data: DataConfig, root: Path, out: Path, full_config: Confi
 
     out = Path(out)
     data_hash = config_hash(data)
-    write_manifest(kept, out, meta={"corpus": data.corpus, "root": str(root.resolve()), "data_hash": data_hash})
+    write_manifest(
+        kept, out, meta={"corpus": data.corpus, "root": str(root.resolve()), "data_hash": data_hash}
+    )
     summary = summarize(to_frame(kept), bad)
     report: dict[str, Any] = {
         "summary": summary.as_dict(),
@@ -144,5 +161,11 @@ def prepare_manifest(data: DataConfig, root: Path, out: Path, full_config: Confi
     report_path = report_path_for(out)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     save_config(full_config or Config(data=data), out.with_name(out.stem + ".config.yaml"))
-    log.info("wrote %s (%d utterances, %d bad, %d excluded)", out, len(kept), len(bad), sum(loaded.excluded.values()))
+    log.info(
+        "wrote %s (%d utterances, %d bad, %d excluded)",
+        out,
+        len(kept),
+        len(bad),
+        sum(loaded.excluded.values()),
+    )
     return PrepareResult(out, report_path, summary, dict(loaded.excluded), loaded.notes)

@@ -111,7 +111,9 @@ def make_speakers(cfg: SynthConfig) -> list[Speaker]:
 
 def _blend(emotion: str, strength: float) -> Profile:
     n, e = PROFILES["neutral"], PROFILES[emotion]
-    mix = {f: getattr(n, f) + strength * (getattr(e, f) - getattr(n, f)) for f in Profile.__dataclass_fields__}
+    mix = {
+        f: getattr(n, f) + strength * (getattr(e, f) - getattr(n, f)) for f in Profile.__dataclass_fields__
+    }
     mix["pitch"] = math.exp(math.log(n.pitch) + strength * (math.log(e.pitch) - math.log(n.pitch)))
     return Profile(**mix)
 
@@ -170,7 +172,9 @@ def synthesize_utterance(
         syl_s = 1.0 / (speaker.rate_syll_s * prof.tempo * u_tempo)
         cons = int(rng.uniform(0.2, 0.35) * syl_s * sr)
         vow = int(syl_s * rng.uniform(0.75, 1.25) * sr) - cons
-        plan.append((t, cons, max(vow, int(0.04 * sr)), prof, rng.uniform(-1, 1), int(rng.integers(len(VOWELS)))))
+        plan.append(
+            (t, cons, max(vow, int(0.04 * sr)), prof, rng.uniform(-1, 1), int(rng.integers(len(VOWELS))))
+        )
         t += cons + plan[-1][2]
         if rng.random() < 0.15:  # phrase pause; sad speech pauses longer
             t += int(rng.uniform(0.05, 0.2) / (prof.tempo**2) * sr)
@@ -192,7 +196,7 @@ def synthesize_utterance(
     pulses = np.diff(np.floor(phase), prepend=0.0)  # 1 at each glottal closure
 
     out = np.zeros(total)
-    for i, (start, cons, vow, prof, accent, vowel) in enumerate(plan):
+    for start, cons, vow, prof, accent, vowel in plan:
         gain = 10 ** ((speaker.level_db + prof.gain_db + u_gain) / 20) * (1 + prof.stress * accent)
         # Consonant: band-limited noise burst.
         if cons > 0:
@@ -290,7 +294,9 @@ def synthesize_corpus(out: str | Path, cfg: SynthConfig) -> SynthResult:
             segments_out.append(
                 {
                     "utt_id": utt_id,
-                    "segments": [{"start_s": round(s, 4), "end_s": round(e, 4), "emotion": em} for s, e, em in segs],
+                    "segments": [
+                        {"start_s": round(s, 4), "end_s": round(e, 4), "emotion": em} for s, e, em in segs
+                    ],
                 }
             )
     for (session, dialog), lines in sorted(label_lines.items()):
@@ -299,7 +305,9 @@ def synthesize_corpus(out: str | Path, cfg: SynthConfig) -> SynthResult:
         f.write_text("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n" + "\n".join(lines))
     segments_out.sort(key=lambda r: r["utt_id"])
     (root / SEGMENTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in segments_out))
-    (root / SYNTHETIC_MARKER).write_text(json.dumps({"generator": "gmptl synth", **to_dict(cfg)}, indent=2) + "\n")
+    (root / SYNTHETIC_MARKER).write_text(
+        json.dumps({"generator": "gmptl synth", **to_dict(cfg)}, indent=2) + "\n"
+    )
     return SynthResult(root, utt_index, n_changing, n_clipped, total_s / 3600)
 
 
@@ -307,7 +315,9 @@ def read_segments(root: str | Path) -> dict[str, list[tuple[float, float, str]]]
     """Frame-level truth of a synthetic corpus: utt_id -> [(start_s, end_s, emotion)]."""
     p = Path(root) / SEGMENTS_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: only corpora written by `gmptl synth` have frame-level truth")
+        raise FileNotFoundError(
+            f"{p} not found: only corpora written by `gmptl synth` have frame-level truth"
+        )
     out = {}
     for line in p.read_text().splitlines():
         r = json.loads(line)

@@ -71,7 +71,14 @@ def load_ravdess(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult
 
 # ----------------------------------------------------------------------------- CREMA-D
 
-CREMAD_EMOTIONS = {"NEU": "neutral", "HAP": "happy", "SAD": "sad", "ANG": "angry", "FEA": "fear", "DIS": "disgust"}
+CREMAD_EMOTIONS = {
+    "NEU": "neutral",
+    "HAP": "happy",
+    "SAD": "sad",
+    "ANG": "angry",
+    "FEA": "fear",
+    "DIS": "disgust",
+}
 _CREMAD_NAME = re.compile(r"(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{1,2})\.wav")
 
 
@@ -83,7 +90,9 @@ def _read_cremad_demographics(path: Path, result: LoadResult) -> dict[str, str]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"ActorID", "Sex"} <= set(reader.fieldnames):
-            result.bad.append(BadItem(str(path), f"expected columns ActorID and Sex, found {reader.fieldnames}"))
+            result.bad.append(
+                BadItem(str(path), f"expected columns ActorID and Sex, found {reader.fieldnames}")
+            )
             return genders
         for lineno, row in enumerate(reader, start=2):
             g = parse_gender(row["Sex"] or "")
@@ -127,7 +136,18 @@ EMODB_EMOTIONS = {
     "W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness", "N": "neutral",
 }  # fmt: skip
 # Speaker table of the Berlin Database of Emotional Speech (Burkhardt et al., 2005).
-EMODB_GENDER = {"03": "M", "08": "F", "09": "F", "10": "M", "11": "M", "12": "M", "13": "F", "14": "F", "15": "M", "16": "F"}
+EMODB_GENDER = {
+    "03": "M",
+    "08": "F",
+    "09": "F",
+    "10": "M",
+    "11": "M",
+    "12": "M",
+    "13": "F",
+    "14": "F",
+    "15": "M",
+    "16": "F",
+}
 _EMODB_NAME = re.compile(r"(\d{2})([a-z]\d{2})([A-Z])([a-z])\.wav")
 
 
@@ -140,7 +160,9 @@ def load_emodb(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult:
     for p in good:
         speaker, _text, emo, _version = _EMODB_NAME.fullmatch(p.name).groups()  # type: ignore[union-attr]
         if speaker not in EMODB_GENDER:
-            result.bad.append(BadItem(str(p), f"speaker {speaker} is not one of EmoDB's {sorted(EMODB_GENDER)}"))
+            result.bad.append(
+                BadItem(str(p), f"speaker {speaker} is not one of EmoDB's {sorted(EMODB_GENDER)}")
+            )
             continue
         if emo not in EMODB_EMOTIONS:
             result.bad.append(BadItem(str(p), mapper.unknown_reason(f"letter {emo}")))

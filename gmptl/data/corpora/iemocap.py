@@ -31,7 +31,13 @@ DEFAULT_MAP = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "
 # The standard 4-class subset (exc merged into happy) of the full release (METHOD.md).
 REFERENCE_TOTAL = 5531
 REFERENCE_PER_CLASS = {"neutral": 1708, "happy": 1636, "angry": 1103, "sad": 1084}
-REFERENCE_PER_SESSION = {"Session1": 1085, "Session2": 1023, "Session3": 1151, "Session4": 1031, "Session5": 1241}
+REFERENCE_PER_SESSION = {
+    "Session1": 1085,
+    "Session2": 1023,
+    "Session3": 1151,
+    "Session4": 1031,
+    "Session5": 1241,
+}
 
 SYNTHETIC_MARKER = "gmptl_synthetic.json"
 
@@ -90,7 +96,10 @@ def load_iemocap(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult
     files = _label_files(root)
     if not files:
         result.bad.append(
-            BadItem(str(root), "no label files found at Session*/dialog/EmoEvaluation/*.txt: is this an IEMOCAP root?")
+            BadItem(
+                str(root),
+                "no label files found at Session*/dialog/EmoEvaluation/*.txt: is this an IEMOCAP root?",
+            )
         )
         return result
     sessions_seen = set()
@@ -109,7 +118,11 @@ def load_iemocap(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult
             who = speaker_of(utt_id)
             if who is None:
                 result.bad.append(
-                    _bad(where, utt_id=utt_id, reason=f"utterance id {utt_id!r} is not Ses<NN><F|M>_<dialog>_<F|M><NNN>")
+                    _bad(
+                        where,
+                        utt_id=utt_id,
+                        reason=f"utterance id {utt_id!r} is not Ses<NN><F|M>_<dialog>_<F|M><NNN>",
+                    )
                 )
                 continue
             speaker, gender, session = who
@@ -120,7 +133,9 @@ def load_iemocap(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult
                 continue
             vad = _parse_vad(m["vad"])
             if vad is None:
-                result.bad.append(_bad(where, utt_id=utt_id, reason=f"malformed [V, A, D] field: {m['vad']!r}"))
+                result.bad.append(
+                    _bad(where, utt_id=utt_id, reason=f"malformed [V, A, D] field: {m['vad']!r}")
+                )
                 continue
             emotion = add_label(result, mapper, m["label"], where, utt_id)
             if emotion is None:
@@ -155,7 +170,11 @@ def compare_to_reference(records: list[Utterance]) -> list[str]:
     for r in records:
         per_class[r.emotion] = per_class.get(r.emotion, 0) + 1
         per_session[str(r.session)] = per_session.get(str(r.session), 0) + 1
-    if len(records) == REFERENCE_TOTAL and per_class == REFERENCE_PER_CLASS and per_session == REFERENCE_PER_SESSION:
+    if (
+        len(records) == REFERENCE_TOTAL
+        and per_class == REFERENCE_PER_CLASS
+        and per_session == REFERENCE_PER_SESSION
+    ):
         return []
     diffs = [
         f"{k}: {got.get(k, 0)} (expected {exp})"

@@ -56,7 +56,9 @@ def read_rows(path: Path, result: LoadResult) -> Iterator[tuple[int, dict[str, A
             reader = csv.DictReader(f)
             for lineno, row in enumerate(reader, start=2):
                 if None in row:  # more fields than the header
-                    result.bad.append(BadItem(str(path), "malformed CSV line: more fields than the header", line=lineno))
+                    result.bad.append(
+                        BadItem(str(path), "malformed CSV line: more fields than the header", line=lineno)
+                    )
                     continue
                 yield lineno, row
 
@@ -125,7 +127,9 @@ def _speaker_table(path: Path, result: LoadResult) -> dict[str, tuple[str, str]]
         missing = _missing(row, ("key", "speaker", "gender"))
         gender = parse_gender(str(row.get("gender", "")))
         if missing or gender is None:
-            result.bad.append(BadItem(str(path), f"needs key, speaker and gender F/M; got {row}", line=lineno))
+            result.bad.append(
+                BadItem(str(path), f"needs key, speaker and gender F/M; got {row}", line=lineno)
+            )
             continue
         table[str(row["key"])] = (str(row["speaker"]), gender)
     return table
@@ -160,7 +164,9 @@ def load_emobox(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult:
             speaker, gender = speakers[key]
         else:
             result.bad.append(
-                BadItem(str(jsonl), f"{key}: no speaker/gender in the line or in data.speaker_table", line=lineno)
+                BadItem(
+                    str(jsonl), f"{key}: no speaker/gender in the line or in data.speaker_table", line=lineno
+                )
             )
             continue
         if gender is None:
@@ -184,7 +190,9 @@ def load_emobox(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult:
 def load_generic(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult:
     result = LoadResult(records=[], corpus="generic")
     if not cfg.metadata_file:
-        result.bad.append(BadItem(str(root), "corpus generic needs data.metadata_file (a CSV or JSONL under root)"))
+        result.bad.append(
+            BadItem(str(root), "corpus generic needs data.metadata_file (a CSV or JSONL under root)")
+        )
         return result
     table = root / cfg.metadata_file
     for lineno, row in read_rows(table, result):
