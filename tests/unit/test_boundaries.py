@@ -23,5 +23,7 @@ def test_pure_modules_import_neither_ray_nor_mlflow():
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'torch'))\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "", f"pure modules pulled in: {out[:200]}"
