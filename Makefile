@@ -9,7 +9,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS ?= 1
 export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean docs
 
 # One install (package + dev extra) serves both targets; re-run when pyproject changes.
 $(STAMP): pyproject.toml
@@ -35,3 +35,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf out .pytest_cache
+
+# Regenerate the README's config-key table from the config schema.
+docs: $(STAMP)
+	$(BIN)/python -c "import re,subprocess,pathlib; p=pathlib.Path('README.md'); s=p.read_text(); \
+	t=subprocess.run(['$(BIN)/gmptl','config','--keys'],capture_output=True,text=True,check=True).stdout.strip(); \
+	p.write_text(re.sub(r'(<!-- config-keys:start[^>]*-->\n).*?(\n<!-- config-keys:end -->)', lambda m: m[1]+t+m[2], s, flags=re.S))"

@@ -144,6 +144,69 @@ class FoldsConfig(_Section):
         return self
 
 
+PRESETS = ("tiny", "base", "large")
+PRESET_DEPTH = {"tiny": 4, "base": 12, "large": 24}
+
+
+class ModelConfig(_Section):
+    """The self-supervised speech encoder (METHOD.md stage 0 starts from it)."""
+
+    backbone: str = Field(
+        "facebook/hubert-base-ls960",
+        description="A preset with random weights (`tiny` for CPU tests and the demo, `base`, `large`: HuBERT "
+        "base/large shapes), a hub id, or a local folder written by `save_pretrained`.",
+    )
+    architecture: Literal["hubert", "wav2vec2", "wavlm"] = Field(
+        "hubert", description="Encoder family of a preset (hub ids and folders carry their own)."
+    )
+    offline: bool = Field(
+        True, description="Never reach the model hub: hub ids must already be in the local cache."
+    )
+
+
+class FeatureConfig(_Section):
+    """Frame features for the GMP k-means (METHOD.md step 1)."""
+
+    layers: list[int] = Field(
+        default_factory=lambda: [10],
+        description="Transformer layers to keep, 1-based: 1 = first transformer layer = transformers' "
+        "hidden_states[1] (hidden_states[0] is the input to the first layer).",
+    )
+    dtype: Literal["float16", "float32"] = Field(
+        "float16", description="Storage dtype of the feature shards."
+    )
+    max_chunk_s: float | None = Field(
+        None,
+        gt=0,
+        description="Utterances longer than this are encoded in chunks whose frames line up exactly with a "
+        "whole-utterance pass; null = always whole.",
+    )
+    batch_max_audio_s: float = Field(
+        160.0, gt=0, description="Audio seconds per forward batch (utterances grouped by length)."
+    )
+    shard_max_utts: int = Field(256, ge=1, description="Utterances per feature shard (the unit of resume).")
+    num_workers: int = Field(
+        0, ge=0, description="Extraction actors; 0 = as many as the cluster's CPUs/GPUs allow."
+    )
+    num_cpus_per_worker: float = Field(
+        0.5,
+        gt=0,
+        description="CPUs per extraction actor; keep below 1 on small machines (a pool that claims "
+        "every CPU starves Ray Data's read tasks and hangs).",
+    )
+    num_gpus_per_worker: float = Field(
+        0.0, ge=0, description="GPUs per extraction actor (bf16 autocast on GPU); 0 = CPU."
+    )
+
+    @model_validator(mode="after")
+    def _layers(self) -> FeatureConfig:
+        if not self.layers or min(self.layers) < 1 or len(set(self.layers)) != len(self.layers):
+            raise ValueError(
+                f"features.layers={self.layers}: give distinct 1-based transformer layers (1 = first layer)"
+            )
+        return self
+
+
 class _Reserved(_Section):
     """A section whose keys arrive with the stage that uses them."""
 
@@ -160,8 +223,8 @@ class Config(_Section):
     output_dir: str = Field("out/demo", description="Everything a run writes goes under this folder.")
     data: DataConfig = Field(default_factory=DataConfig)
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
-    model: _Reserved = Field(default_factory=_Reserved)
-    features: _Reserved = Field(default_factory=_Reserved)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
     clustering: _Reserved = Field(default_factory=_Reserved)
     stages: StagesConfig = Field(default_factory=StagesConfig)
     tune: _Reserved = Field(default_factory=_Reserved)
@@ -170,6 +233,12 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
+        depth = PRESET_DEPTH.get(self.model.backbone)
+        if depth is not None and max(self.features.layers) > depth:
+            raise ValueError(
+                f"features.layers={self.features.layers}: the {self.model.backbone!r} preset has {depth} "
+                f"transformer layers (numbered 1..{depth})"
+            )
         if self.folds.scheme == "official" and self.data.corpus not in ("msp_podcast", "generic"):
             raise ValueError(
                 f"folds.scheme=official needs a corpus with an official split column (msp_podcast, or a "

@@ -1,0 +1,141 @@
+"""The frame-feature extractor: waveforms in, per-layer hidden states cut to valid frames out.
+
+Loaded once (``__init__`` builds the backbone), called many times: the shape Ray
+Data's ``map_batches`` wants, and usable without Ray in tests. No ray imports.
+
+Batching: utterances are sorted by length and grouped so a forward batch holds
+at most ``features.batch_max_audio_s`` seconds of (padded) audio. Backbones with
+a layer-norm CNN get an attention mask, so a padded batch equals one-by-one
+runs; group-norm CNNs (HuBERT/wav2vec2 base) were trained without one and see
+zero padding, which length-grouping keeps small.
+
+Chunking (``features.max_chunk_s``): a long utterance is cut at frame
+boundaries. Chunk c covers frames [f0, f1) and is fed samples
+[f0 * hop, (f1 - 1) * hop + receptive_field), so the CNN yields exactly f1 - f0
+frames at exactly the positions a whole-utterance pass would; the concatenated
+chunks have the whole pass's frame count. (The transformer sees less context
+inside a chunk, so deep-layer values differ from a whole pass: chunk only when
+memory demands it.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gmptl.config import FeatureConfig, ModelConfig
+from gmptl.models.backbone import build_backbone, check_layers, uses_attention_mask
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    hop: int  # samples between frames (320 for HuBERT: 20 ms at 16 kHz)
+    receptive_field: int  # samples one frame sees (400: 25 ms)
+
+    def n_frames(self, n_samples: int) -> int:
+        return 0 if n_samples < self.receptive_field else (n_samples - self.receptive_field) // self.hop + 1
+
+
+def conv_geometry(model: torch.nn.Module) -> ConvGeometry:
+    kernels, strides = model.config.conv_kernel, model.config.conv_stride
+    hop = math.prod(strides)
+    rf = 1
+    for k, s in zip(reversed(kernels), reversed(strides), strict=True):
+        rf = (rf - 1) * s + k
+    return ConvGeometry(hop=hop, receptive_field=rf)
+
+
+def chunk_spans(
+    n_samples: int, geo: ConvGeometry, max_chunk_samples: int | None
+) -> list[tuple[int, int, int]]:
+    """[(sample_start, sample_end, n_frames)] whose frames tile the whole pass's frames exactly."""
+    total = geo.n_frames(n_samples)
+    if max_chunk_samples is None or n_samples <= max_chunk_samples:
+        return [(0, n_samples, total)]
+    per_chunk = geo.n_frames(max_chunk_samples)
+    if per_chunk < 1:
+        raise ValueError(f"features.max_chunk_s is shorter than one frame ({geo.receptive_field} samples)")
+    spans = []
+    for f0 in range(0, total, per_chunk):
+        f1 = min(f0 + per_chunk, total)
+        spans.append((f0 * geo.hop, (f1 - 1) * geo.hop + geo.receptive_field, f1 - f0))
+    return spans
+
+
+class FeatureExtractor:
+    """Callable: waveforms -> {layer: (n_frames, D) float32} per utterance."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        features_cfg: FeatureConfig,
+        sample_rate_hz: int = 16000,
+        model: torch.nn.Module | None = None,
+        device: str | None = None,
+    ):
+        self.cfg = features_cfg
+        self.sample_rate_hz = sample_rate_hz
+        self.model = (model if model is not None else build_backbone(model_cfg)).eval()
+        check_layers(self.model, list(features_cfg.layers))
+        if device is None:
+            device = "cuda" if features_cfg.num_gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.geometry = conv_geometry(self.model)
+        self.use_mask = uses_attention_mask(self.model)
+        max_chunk = features_cfg.max_chunk_s
+        self.max_chunk_samples = int(max_chunk * sample_rate_hz) if max_chunk else None
+
+    def n_frames(self, n_samples: int) -> int:
+        return self.geometry.n_frames(n_samples)
+
+    @torch.inference_mode()
+    def _forward(self, waves: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
+        lengths = [len(w) for w in waves]
+        x = torch.zeros(len(waves), max(lengths))  # (B, T) zero-padded
+        for i, w in enumerate(waves):
+            x[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+        x = x.to(self.device)
+        mask = None
+        if self.use_mask:
+            mask = (torch.arange(x.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long().to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.model(x, attention_mask=mask, output_hidden_states=True)
+        result = []
+        for i, n in enumerate(lengths):
+            frames = self.n_frames(n)
+            result.append(
+                {L: out.hidden_states[L][i, :frames].float().cpu().numpy() for L in self.cfg.layers}
+            )
+        return result
+
+    def encode(self, waves: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
+        """Per utterance, {layer: (n_frames, D) float32}; n_frames = the whole-utterance frame count."""
+        pieces: list[tuple[int, np.ndarray]] = []  # (utterance index, chunk waveform)
+        for i, w in enumerate(waves):
+            if self.n_frames(len(w)) < 1:
+                raise ValueError(
+                    f"utterance {i} has {len(w)} samples, fewer than one frame ({self.geometry.receptive_field})"
+                )
+            for s0, s1, _ in chunk_spans(len(w), self.geometry, self.max_chunk_samples):
+                pieces.append((i, w[s0:s1]))
+        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][1]))
+        encoded: list[dict[int, np.ndarray] | None] = [None] * len(pieces)
+        budget = int(self.cfg.batch_max_audio_s * self.sample_rate_hz)
+        batch: list[int] = []
+        for k in order + [-1]:
+            # Sorted ascending, so the newest piece is the longest: padded size = count * its length.
+            if k == -1 or (batch and (len(batch) + 1) * len(pieces[k][1]) > budget):
+                for idx, enc in zip(batch, self._forward([pieces[j][1] for j in batch]), strict=True):
+                    encoded[idx] = enc
+                batch = []
+            if k != -1:
+                batch.append(k)
+        out: list[dict[int, list[np.ndarray]]] = [{L: [] for L in self.cfg.layers} for _ in waves]
+        for (i, _), enc in zip(pieces, encoded, strict=True):
+            for L, arr in enc.items():  # type: ignore[union-attr]
+                out[i][L].append(arr)
+        return [{L: np.concatenate(v, axis=0) for L, v in d.items()} for d in out]

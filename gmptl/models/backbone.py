@@ -1,0 +1,113 @@
+"""The self-supervised speech encoder: presets with random weights, or `from_pretrained`.
+
+Layer convention (METHOD.md): layer L is 1-based and means the output of the
+L-th transformer layer, which is transformers' ``hidden_states[L]``;
+``hidden_states[0]`` is the input to the first layer. For stable-layer-norm
+encoders (HuBERT large), transformers applies the final layer norm to the last
+entry, so ``hidden_states[depth]`` is the normalised output of the last layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    HubertConfig,
+    HubertModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+)
+
+from gmptl.config import PRESETS, ModelConfig
+from gmptl.errors import ConfigError
+
+_FAMILIES = {
+    "hubert": (HubertConfig, HubertModel),
+    "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
+    "wavlm": (WavLMConfig, WavLMModel),
+}
+
+
+def preset_config(name: str, architecture: str = "hubert") -> PretrainedConfig:
+    """The config of a named preset: `tiny` (CPU tests/demo), `base`, `large` (HuBERT base/large shapes)."""
+    config_cls, _ = _FAMILIES[architecture]
+    if name == "tiny":
+        # Small enough for a 2-core CPU; layer-norm CNN so padded batches equal one-by-one runs.
+        return config_cls(
+            hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128,
+            conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=16,
+            feat_extract_norm="layer", hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+            feat_proj_dropout=0.0, layerdrop=0.0,
+        )  # fmt: skip
+    if name == "base":
+        return config_cls()  # the library defaults are the base shapes (768 x 12, group-norm CNN)
+    if name == "large":
+        return config_cls(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+            feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+        )  # fmt: skip
+    raise ConfigError(f"model.backbone: unknown preset {name!r}; presets are {list(PRESETS)}")
+
+
+def build_backbone(cfg: ModelConfig) -> PreTrainedModel:
+    """A preset with random weights, or pretrained weights from a hub id or local folder."""
+    if cfg.backbone in PRESETS:
+        config = preset_config(cfg.backbone, cfg.architecture)
+        return _FAMILIES[cfg.architecture][1](config)
+    return load_pretrained(cfg.backbone, offline=cfg.offline)
+
+
+def load_pretrained(name_or_path: str, offline: bool = True) -> PreTrainedModel:
+    """`AutoModel.from_pretrained`, with an error that says how to provide missing weights."""
+    local = Path(name_or_path).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise ConfigError(
+            f"model.backbone={name_or_path}: the folder has no config.json; it must be written by "
+            f"`save_pretrained` (or `huggingface-cli download <id> --local-dir {name_or_path}`)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(
+            str(local) if local.exists() else name_or_path, local_files_only=offline
+        )
+        return AutoModel.from_pretrained(
+            str(local) if local.exists() else name_or_path, config=config, local_files_only=offline
+        )
+    except OSError as e:
+        how = (
+            "this machine is offline (model.offline=true): download the weights where the hub is reachable, "
+            f"e.g. `huggingface-cli download {name_or_path} --local-dir /models/{Path(name_or_path).name}`, "
+            "copy the folder here and set model.backbone to it"
+        )
+        raise ConfigError(
+            f"model.backbone={name_or_path!r} could not be loaded ({e.__class__.__name__}); {how}"
+        ) from None
+
+
+def depth(model: PreTrainedModel) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def check_layers(model: PreTrainedModel, layers: list[int]) -> None:
+    d = depth(model)
+    bad = [layer for layer in layers if not 1 <= layer <= d]
+    if bad:
+        raise ConfigError(
+            f"features.layers: {bad} are outside 1..{d}, the transformer layers of this backbone"
+        )
+
+
+def n_frames(model: PreTrainedModel, n_samples: int | torch.Tensor) -> torch.Tensor:
+    """Output frames of the CNN front-end for an input of ``n_samples`` (25 ms window, 20 ms hop)."""
+    return model._get_feat_extract_output_lengths(torch.as_tensor(n_samples))
+
+
+def uses_attention_mask(model: PreTrainedModel) -> bool:
+    """Group-norm CNNs (HuBERT/wav2vec2 base) were trained without one: transformers advises zero-padding only."""
+    return model.config.feat_extract_norm == "layer"
