@@ -140,6 +140,25 @@ def run(config_file: str, sets: tuple[str, ...]) -> None:
     click.echo("")
     click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
     click.echo(f"corpus:   {out.corpus_root}\nmanifest: {out.manifest}\nfolds:    {out.folds}")
+    if out.extract is not None:
+        click.echo(f"features: {out.extract.folder} ({out.extract.n_utterances} utterances)")
+
+
+@cli.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@_set_option
+def extract(config_file: str, sets: tuple[str, ...]) -> None:
+    """Frame features of every utterance (prepares the manifest first if needed); resumable per shard."""
+    from gmptl.experiment import run_experiment
+
+    out = run_experiment(_load(config_file, sets))
+    res = out.extract
+    assert res is not None
+    click.echo(
+        f"features: {res.folder}\nshards: {res.n_shards} ({res.n_computed} computed, {res.n_cached} cached, "
+        f"{res.n_recomputed} repaired)   utterances: {res.n_utterances}   audio: {res.audio_s / 60:.1f} min   "
+        f"wall: {res.wall_s:.1f} s"
+    )
 
 
 @cli.command("config")

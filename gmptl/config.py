@@ -162,6 +162,9 @@ class ModelConfig(_Section):
     offline: bool = Field(
         True, description="Never reach the model hub: hub ids must already be in the local cache."
     )
+    init_seed: int = Field(
+        0, description="Seed of a preset's random weights: every worker must build the same model."
+    )
 
 
 class FeatureConfig(_Section):
@@ -211,6 +214,21 @@ class _Reserved(_Section):
     """A section whose keys arrive with the stage that uses them."""
 
 
+class RuntimeConfig(_Section):
+    """Where Ray runs."""
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join (`auto`, `ray://host:10001`); null = start a local in-process Ray.",
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of the local Ray (null = all of this machine's)."
+    )
+    object_store_mb: int | None = Field(
+        None, ge=64, description="Object store of the local Ray (null = Ray's default)."
+    )
+
+
 class StagesConfig(_Section):
     mtl: _Reserved = Field(default_factory=_Reserved)
     gmp: _Reserved = Field(default_factory=_Reserved)
@@ -229,7 +247,7 @@ class Config(_Section):
     stages: StagesConfig = Field(default_factory=StagesConfig)
     tune: _Reserved = Field(default_factory=_Reserved)
     tracking: _Reserved = Field(default_factory=_Reserved)
-    runtime: _Reserved = Field(default_factory=_Reserved)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
@@ -344,10 +362,15 @@ def to_dict(section: BaseModel) -> dict[str, Any]:
     return section.model_dump(mode="json")
 
 
+def config_hash_of(value: Any) -> str:
+    """A short stable hash of JSON-able data."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def config_hash(*sections: BaseModel) -> str:
     """A short stable hash of config sections: artifact folders are keyed on it."""
-    blob = json.dumps([to_dict(s) for s in sections], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return config_hash_of([to_dict(s) for s in sections])
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

@@ -1,9 +1,10 @@
 """``gmptl run``: the cross-validated experiment, step by step, each step cached by config hash.
 
 Steps so far: synthetic corpus (when ``data.corpus`` is ``synthetic``) -> manifest
--> folds. Feature extraction, k-means, training and evaluation join this driver
-as they land (issues 3-5); each step reads the previous step's outputs from
-``gmptl.paths`` and is skipped when its outputs for the same config hash exist.
+-> folds -> frame features of the configured backbone. k-means, training and
+evaluation join this driver as they land (issues 3-5); each step reads the
+previous step's outputs from ``gmptl.paths`` and is skipped when its outputs for
+the same config hash exist.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gmptl.data.manifest import read_manifest
 from gmptl.data.prepare import prepare_manifest, report_path_for
 from gmptl.data.synth import synthesize_corpus
 from gmptl.errors import ConfigError
+from gmptl.features.pipeline import ExtractResult
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class RunOutputs:
     summary: dict[str, Any]
     fold_rows: list[dict[str, Any]]
     steps: dict[str, str]  # step -> "ran" | "cached"
+    extract: ExtractResult | None = None
 
 
 def ensure_synthetic_corpus(cfg: Config, root: Path) -> str:
@@ -57,26 +60,50 @@ def ensure_synthetic_corpus(cfg: Config, root: Path) -> str:
     return "ran"
 
 
-def run_experiment(cfg: Config) -> RunOutputs:
-    steps: dict[str, str] = {}
+def step_prepare(cfg: Config, steps: dict[str, str]) -> tuple[Path, dict[str, Any]]:
+    """Synthetic corpus (if asked for) and manifest; cached by the data hash."""
     root = paths.corpus_root(cfg)
     if cfg.data.corpus == "synthetic":
         steps["synth"] = ensure_synthetic_corpus(cfg, root)
-
     manifest = paths.manifest_path(cfg)
     report = report_path_for(manifest)
     if manifest.is_file() and report.is_file():
         steps["prepare"] = "cached"
-        summary = json.loads(report.read_text())["summary"]
-    else:
-        steps["prepare"] = "ran"
-        summary = prepare_manifest(cfg.data, root, manifest, full_config=cfg).summary.as_dict()
-    df = read_manifest(manifest)
+        return manifest, json.loads(report.read_text())["summary"]
+    steps["prepare"] = "ran"
+    return manifest, prepare_manifest(cfg.data, root, manifest, full_config=cfg).summary.as_dict()
 
+
+def step_extract(cfg: Config, manifest: Path, steps: dict[str, str]) -> ExtractResult:
+    """Frame features of every manifest utterance from the configured backbone; shard-level resume."""
+    from gmptl.features.pipeline import extract_features
+
+    res = extract_features(
+        read_manifest(manifest),
+        cfg.model,
+        cfg.features,
+        cfg.runtime,
+        paths.features_dir(cfg),
+        cfg.data.sample_rate_hz,
+    )
+    steps["extract"] = "cached" if res.n_computed == 0 else "ran"
+    return res
+
+
+def run_experiment(cfg: Config, until: str | None = None) -> RunOutputs:
+    """Run the steps in order (``until`` stops after the named step), each cached by config hash."""
+    steps: dict[str, str] = {}
+    save_config(cfg, paths.resolved_config_path(cfg))
+    manifest, summary = step_prepare(cfg, steps)
+    df = read_manifest(manifest)
     folds_file = paths.folds_path(cfg)
     folds = make_folds(df, cfg.folds)  # cheap; always rebuilt and re-checked for leakage
     steps["folds"] = "cached" if folds_file.is_file() else "ran"
     write_folds(df, folds, cfg.folds, folds_file)
-    save_config(cfg, paths.resolved_config_path(cfg))
+    extract = None
+    if until != "folds":
+        extract = step_extract(cfg, manifest, steps)
     log.info("run %s: %s", config_hash(cfg), steps)
-    return RunOutputs(root, manifest, folds_file, summary, fold_table(df, folds), steps)
+    return RunOutputs(
+        paths.corpus_root(cfg), manifest, folds_file, summary, fold_table(df, folds), steps, extract
+    )

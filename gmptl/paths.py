@@ -6,6 +6,7 @@ that produced them, so a changed config can never pick up a stale result::
     <output_dir>/synthetic_corpus/<synth hash>/         the generated corpus (data.corpus=synthetic)
     <output_dir>/data/<data hash>/manifest.parquet      + manifest.report.json, manifest.config.yaml
     <output_dir>/folds/<data+folds hash>/folds.json
+    <output_dir>/features/<data+model hash>/<features hash>/   feature shards + index.parquet
     <output_dir>/config.yaml                            the resolved config of the last run
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gmptl.config import Config, config_hash
+from gmptl.config import Config, config_hash, config_hash_of
 
 
 def corpus_root(cfg: Config) -> Path:
@@ -29,6 +30,13 @@ def manifest_path(cfg: Config) -> Path:
 
 def folds_path(cfg: Config) -> Path:
     return Path(cfg.output_dir) / "folds" / config_hash(cfg.data, cfg.folds) / "folds.json"
+
+
+def features_dir(cfg: Config) -> Path:
+    # Resource settings (worker counts) do not change the features; the device does (bf16 on GPU).
+    content = cfg.features.model_dump(exclude={"num_workers", "num_cpus_per_worker", "num_gpus_per_worker"})
+    content["on_gpu"] = cfg.features.num_gpus_per_worker > 0
+    return Path(cfg.output_dir) / "features" / config_hash(cfg.data, cfg.model) / config_hash_of(content)
 
 
 def resolved_config_path(cfg: Config) -> Path:

@@ -60,7 +60,10 @@ def build_backbone(cfg: ModelConfig) -> PreTrainedModel:
     """A preset with random weights, or pretrained weights from a hub id or local folder."""
     if cfg.backbone in PRESETS:
         config = preset_config(cfg.backbone, cfg.architecture)
-        return _FAMILIES[cfg.architecture][1](config)
+        # Seeded so every Ray worker that builds the preset holds identical weights.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            return _FAMILIES[cfg.architecture][1](config)
     return load_pretrained(cfg.backbone, offline=cfg.offline)
 
 

@@ -81,10 +81,10 @@ def test_run_demo_config_then_cached(tmp_path):
         "data.synth.n_utterances=40",
     ]
     first = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    assert "steps: synth (ran), prepare (ran), folds (ran)" in first.stdout
+    assert "steps: synth (ran), prepare (ran), folds (ran), extract (ran)" in first.stdout
     assert "utterances: 40" in first.stdout and "Session5" in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    assert "steps: synth (cached), prepare (cached), folds (cached)" in second.stdout
+    assert "steps: synth (cached), prepare (cached), folds (cached), extract (cached)" in second.stdout
     assert (tmp_path / "config.yaml").is_file()
     folds = json.loads(next((tmp_path / "folds").glob("*/folds.json")).read_text())
     assert len(folds["folds"]) == 5 and all(f["n_test"] == 8 for f in folds["folds"])

@@ -1,0 +1,253 @@
+"""k-means pieces (assign / partial_stats / merge / update / seeding) and the reference Lloyd driver."""
+
+import faiss
+import numpy as np
+import pytest
+
+import gmptl.clustering.kmeans as km
+from gmptl.clustering.kmeans import (
+    PartialStats,
+    assign,
+    imbalance,
+    kmeanspp_init,
+    lloyd,
+    merge,
+    partial_stats,
+    update,
+)
+
+
+def mixture(n: int, d: int, n_comp: int, seed: int, spread: float = 4.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((n_comp, d)) * spread
+    return (means[rng.integers(0, n_comp, n)] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+def brute_force(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(N, K) float64 squared distances."""
+    return ((x[:, None, :].astype(np.float64) - c[None, :, :].astype(np.float64)) ** 2).sum(-1)
+
+
+def test_assign_matches_brute_force():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    c = rng.standard_normal((50, 16)).astype(np.float32)
+    labels, dist = assign(x, c)
+    assert labels.dtype == np.int64 and labels.shape == (3000,)
+    assert dist.dtype == np.float32 and dist.shape == (3000,)
+    d2 = brute_force(x, c)
+    best = np.sort(d2, axis=1)
+    untied = best[:, 1] - best[:, 0] > 1e-3
+    assert untied.mean() > 0.95
+    np.testing.assert_array_equal(labels[untied], d2.argmin(1)[untied])
+    np.testing.assert_allclose(dist, best[:, 0], rtol=1e-4, atol=1e-4)
+    # Where tied, faiss's choice is still (one of) the nearest.
+    np.testing.assert_allclose(d2[np.arange(3000), labels], best[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_assign_empty_and_bad_shapes():
+    c = np.zeros((4, 3), np.float32)
+    labels, dist = assign(np.zeros((0, 3), np.float32), c)
+    assert labels.shape == (0,) and dist.shape == (0,)
+    with pytest.raises(ValueError, match="dimension"):
+        assign(np.zeros((5, 4), np.float32), c)
+    with pytest.raises(ValueError, match="2-D"):
+        assign(np.zeros(5, np.float32), c)
+
+
+def test_merged_shards_equal_one_shot(monkeypatch):
+    # Small blocks so that the blockwise accumulation is exercised too.
+    monkeypatch.setattr(km, "BLOCK_ROWS", 700)
+    x = mixture(5000, 24, 10, seed=1)
+    c = x[np.random.default_rng(2).choice(len(x), 32, replace=False)]
+    shards = [x[:1234], x[1234:1300], x[1300:]]
+    merged = merge([PartialStats.zeros(32, 24)] + [partial_stats(s, c) for s in shards])
+    whole = partial_stats(x, c)
+    assert whole.sums.dtype == np.float64 and whole.counts.dtype == np.int64
+    np.testing.assert_allclose(merged.sums, whole.sums, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(merged.counts, whole.counts)
+    assert merged.inertia == pytest.approx(whole.inertia, rel=1e-12)
+    assert merged.n == whole.n == 5000 and whole.counts.sum() == 5000
+    # And the statistics are right, not just consistent: compare with brute force.
+    labels = brute_force(x, c).argmin(1)
+    sums = np.zeros((32, 24))
+    np.add.at(sums, labels, x.astype(np.float64))
+    np.testing.assert_allclose(whole.sums, sums, rtol=1e-10, atol=1e-8)
+    np.testing.assert_array_equal(whole.counts, np.bincount(labels, minlength=32))
+    with pytest.raises(ValueError, match="at least one"):
+        merge([])
+
+
+def test_lloyd_update_never_increases_objective():
+    x = mixture(6000, 16, 12, seed=3)
+    shards = np.array_split(x, 4)
+    centroids, history = lloyd(shards, k=20, n_iter=15, rng=np.random.default_rng(4))
+    assert [h["iter"] for h in history] == list(range(15))
+    assert all(h["n_reseeded"] == 0 for h in history)
+    obj = [h["objective"] for h in history]
+    final = partial_stats(x, centroids).inertia
+    for before, after in zip(obj, obj[1:] + [final], strict=True):
+        assert after <= before * (1 + 1e-6)
+    assert obj[-1] < obj[0]
+    assert all(1.0 <= h["imbalance"] <= 20 for h in history)
+
+
+def test_empty_clusters_are_reseeded():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2000, 8)).astype(np.float32)
+    x[:1000] = x[0]  # half the dataset is one point (faiss's own nasty case)
+    centroids = np.concatenate(
+        [
+            x[[0, 0]],  # a duplicate centroid: faiss breaks the tie, the other one stays empty
+            x[1000:1006],
+            x[1006:1014] + 1000.0,  # far from everything: empty
+        ]
+    )
+    stats = partial_stats(x, centroids)
+    assert (stats.counts == 0).sum() >= 9
+    new, n_reseeded = update(stats, centroids, rng)
+    assert n_reseeded == (stats.counts == 0).sum()
+    assert new.dtype == np.float32 and new.shape == centroids.shape
+    assert np.isfinite(new).all()
+    assert len(np.unique(new, axis=0)) == len(new)
+    # Iterating on keeps every centroid finite and distinct while the splits sort themselves out.
+    for _ in range(10):
+        stats = partial_stats(x, new)
+        new, n_reseeded = update(stats, new, rng)
+        assert np.isfinite(new).all() and len(np.unique(new, axis=0)) == len(new)
+    assert stats.counts.sum() == 2000
+
+
+def test_split_is_faiss_like():
+    k, d = 3, 6
+    sums = np.zeros((k, d))
+    sums[0] = 10 * np.arange(1, d + 1)  # cluster 0: 10 points with mean (1, ..., 6)
+    sums[2] = 3 * np.ones(d)  # cluster 2: a singleton, never split while cluster 0 can be
+    stats = PartialStats(sums, np.array([10, 0, 1]), 1.0, 11)
+    new, n = update(stats, np.ones((k, d), np.float32), np.random.default_rng(0))
+    assert n == 1
+    mean = np.arange(1, d + 1, dtype=np.float32)
+    # The two copies are the centroid times (1 +/- 1/1024), alternating sign over coordinates.
+    sign = np.array([1, -1] * (d // 2), np.float32)
+    np.testing.assert_allclose(new[1], mean * (1 + sign / 1024), rtol=1e-6)
+    np.testing.assert_allclose(new[0], mean * (1 - sign / 1024), rtol=1e-6)
+    np.testing.assert_array_equal(new[2], np.full(d, 3.0, np.float32))
+
+
+def test_split_of_an_all_zero_centroid_still_separates():
+    # A multiplicative perturbation leaves 0 at 0; the split must still give distinct centroids.
+    stats = PartialStats(np.zeros((2, 4)), np.array([5, 0]), 0.0, 5)
+    new, n = update(stats, np.full((2, 4), 3.0, np.float32), np.random.default_rng(0))
+    assert n == 1 and np.isfinite(new).all() and not np.array_equal(new[0], new[1])
+    np.testing.assert_allclose(new[0], -new[1])
+
+
+def test_reseed_from_sample_uses_far_sample_points():
+    rng = np.random.default_rng(6)
+    x = mixture(1000, 4, 3, seed=6)
+    c = np.concatenate([x[:3], x[:2] + 500.0])
+    stats = partial_stats(x, c)
+    assert (stats.counts[3:] == 0).all()
+    new, n = update(stats, c, rng, sample=x)
+    assert n == 2
+    rows = {r.tobytes() for r in x}
+    assert all(r.tobytes() in rows for r in new[3:])
+    assert len(np.unique(new, axis=0)) == 5
+
+
+def test_agrees_with_faiss_kmeans():
+    # Well-separated components: there k-means++ seeding should match or beat faiss's random
+    # seeding. (On overlapping ones, spread=2, either can win by a few % depending on the seed.)
+    x = mixture(20000, 32, 64, seed=7, spread=4.0)
+    k = 64
+    ref = faiss.Kmeans(32, k, niter=20, seed=1234, max_points_per_centroid=10**9)
+    ref.train(x)
+    faiss_obj = partial_stats(x, ref.centroids).inertia
+    centroids, history = lloyd(np.array_split(x, 3), k, n_iter=20, rng=np.random.default_rng(1234))
+    ours = partial_stats(x, centroids).inertia
+    assert ours <= 1.01 * faiss_obj
+    assert history[0]["objective"] > history[-1]["objective"]
+
+
+def test_same_start_same_trajectory_as_faiss():
+    # From the same starting centroids our Lloyd iterations are faiss's, objective for objective.
+    x = mixture(20000, 32, 64, seed=7, spread=2.0)
+    init = kmeanspp_init(x, 64, np.random.default_rng(0))
+    ref = faiss.Kmeans(32, 64, niter=20, seed=1234, max_points_per_centroid=10**9)
+    ref.train(x, init_centroids=init)
+    centroids, history = lloyd(np.array_split(x, 3), 64, 20, np.random.default_rng(0), init=init)
+    # faiss 1.15 stops once the objective stops changing, so its list can be shorter.
+    assert 10 <= len(ref.obj) <= 20
+    np.testing.assert_allclose([h["objective"] for h in history[: len(ref.obj)]], ref.obj, rtol=1e-5)
+    np.testing.assert_allclose(centroids, ref.centroids, atol=1e-4)
+
+
+def test_random_init_runs_and_shards_do_not_change_the_result():
+    x = mixture(3000, 8, 6, seed=8)
+    a, ha = lloyd(x, 6, 8, np.random.default_rng(9), init="random")
+    b, hb = lloyd(np.array_split(x, 5), 6, 8, np.random.default_rng(9), init="random")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert ha[-1]["objective"] == pytest.approx(hb[-1]["objective"], rel=1e-9)
+    with pytest.raises(ValueError, match="init"):
+        lloyd(x, 6, 1, np.random.default_rng(0), init="nope")  # type: ignore[arg-type]
+
+
+def test_determinism():
+    x = mixture(4000, 12, 8, seed=10)
+    a, ha = lloyd(x, 16, 6, np.random.default_rng(11))
+    b, hb = lloyd(x, 16, 6, np.random.default_rng(11))
+    c, _ = lloyd(x, 16, 6, np.random.default_rng(12))
+    np.testing.assert_array_equal(a, b)
+    assert ha == hb
+    assert not np.array_equal(a, c)
+
+
+def test_kmeanspp_init_returns_distinct_sample_rows():
+    x = mixture(2000, 8, 5, seed=13)
+    x[:500] = x[0]  # heavy duplication must not produce repeated seeds
+    c = kmeanspp_init(x, 100, np.random.default_rng(14))
+    assert c.shape == (100, 8) and c.dtype == np.float32
+    assert len(np.unique(c, axis=0)) == 100
+    rows = {r.tobytes() for r in x}
+    assert all(r.tobytes() in rows for r in c)
+    np.testing.assert_array_equal(c, kmeanspp_init(x, 100, np.random.default_rng(14)))
+
+
+def test_kmeanspp_init_errors():
+    x = np.random.default_rng(15).standard_normal((10, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="only 10 rows"):
+        kmeanspp_init(x, 11, np.random.default_rng(0))
+    dup = np.repeat(x[:3], 4, axis=0)
+    with pytest.raises(ValueError, match="only 3 distinct rows"):
+        kmeanspp_init(dup, 4, np.random.default_rng(0))
+    assert len(np.unique(kmeanspp_init(dup, 3, np.random.default_rng(0)), axis=0)) == 3
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        kmeanspp_init(x, 0, np.random.default_rng(0))
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        kmeanspp_init(bad, 2, np.random.default_rng(0))
+
+
+def test_float16_input(monkeypatch):
+    monkeypatch.setattr(km, "BLOCK_ROWS", 256)
+    x16 = mixture(1500, 16, 4, seed=16).astype(np.float16)
+    x32 = x16.astype(np.float32)
+    c = x32[:10] + 0.01
+    l16, d16 = assign(x16, c)
+    l32, d32 = assign(x32, c)
+    np.testing.assert_array_equal(l16, l32)
+    np.testing.assert_array_equal(d16, d32)
+    s16, s32 = partial_stats(x16, c), partial_stats(x32, c)
+    np.testing.assert_array_equal(s16.sums, s32.sums)
+    np.testing.assert_array_equal(s16.counts, s32.counts)
+    assert s16.inertia == s32.inertia
+    centroids, _ = lloyd([x16[:700], x16[700:]], 4, 3, np.random.default_rng(0))
+    assert centroids.dtype == np.float32 and np.isfinite(centroids).all()
+
+
+def test_imbalance():
+    assert imbalance(np.array([5, 5, 5, 5])) == pytest.approx(1.0)
+    assert imbalance(np.array([20, 0, 0, 0])) == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        imbalance(np.zeros(3, np.int64))
