@@ -22,9 +22,10 @@ from typing import Literal
 import faiss
 import numpy as np
 
-# Rows handled at once: bounds the float32 copy of a float16 block (16 MiB at D=64) and the
-# float64/int64 temporaries of the accumulation (~67 MiB at D=64).
-BLOCK_ROWS = 65536
+# Values (rows x D) handled at once: 65536 rows at D=64, 5461 at HuBERT's D=768. Bounds the
+# float32 copy of a float16 block (16 MiB) and the float64 + int64 temporaries of the
+# accumulation (64 MiB) whatever the feature dimension.
+BLOCK_VALUES = 1 << 22
 
 # Relative size of the symmetric perturbation that separates the two halves of a split
 # cluster; faiss's value (EPS in faiss/Clustering.cpp).
@@ -57,8 +58,9 @@ def _flat_index(centroids32: np.ndarray) -> faiss.IndexFlatL2:
 
 def _blocks(x: np.ndarray) -> Iterable[np.ndarray]:
     """Yield consecutive C-contiguous float32 row blocks of x (a view when x already is float32)."""
-    for start in range(0, x.shape[0], BLOCK_ROWS):
-        yield np.ascontiguousarray(x[start : start + BLOCK_ROWS], dtype=np.float32)
+    rows = max(1, BLOCK_VALUES // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], rows):
+        yield np.ascontiguousarray(x[start : start + rows], dtype=np.float32)
 
 
 def _search(index: faiss.IndexFlatL2, xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +101,7 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
     Args:
         x: (N, D) points, float32 (float16/float64 accepted: converted to float32 in blocks
-            of ``BLOCK_ROWS`` rows, so memory stays bounded).
+            of ``BLOCK_VALUES // D`` rows, so memory stays bounded).
         centroids: (K, D) float32 centroids (other float dtypes are converted).
 
     Returns:

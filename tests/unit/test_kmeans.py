@@ -57,7 +57,7 @@ def test_assign_empty_and_bad_shapes():
 
 def test_merged_shards_equal_one_shot(monkeypatch):
     # Small blocks so that the blockwise accumulation is exercised too.
-    monkeypatch.setattr(km, "BLOCK_ROWS", 700)
+    monkeypatch.setattr(km, "BLOCK_VALUES", 700 * 24)
     x = mixture(5000, 24, 10, seed=1)
     c = x[np.random.default_rng(2).choice(len(x), 32, replace=False)]
     shards = [x[:1234], x[1234:1300], x[1300:]]
@@ -230,7 +230,7 @@ def test_kmeanspp_init_errors():
 
 
 def test_float16_input(monkeypatch):
-    monkeypatch.setattr(km, "BLOCK_ROWS", 256)
+    monkeypatch.setattr(km, "BLOCK_VALUES", 256 * 16)
     x16 = mixture(1500, 16, 4, seed=16).astype(np.float16)
     x32 = x16.astype(np.float32)
     c = x32[:10] + 0.01
