@@ -151,7 +151,7 @@ def extract(config_file: str, sets: tuple[str, ...]) -> None:
     """Frame features of every utterance (prepares the manifest first if needed); resumable per shard."""
     from gmptl.experiment import run_experiment
 
-    out = run_experiment(_load(config_file, sets))
+    out = run_experiment(_load(config_file, sets), until="extract")
     res = out.extract
     assert res is not None
     click.echo(
@@ -159,6 +159,34 @@ def extract(config_file: str, sets: tuple[str, ...]) -> None:
         f"{res.n_recomputed} repaired)   utterances: {res.n_utterances}   audio: {res.audio_s / 60:.1f} min   "
         f"wall: {res.wall_s:.1f} s"
     )
+
+
+@cli.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@_set_option
+def cluster(config_file: str, sets: tuple[str, ...]) -> None:
+    """Multi-scale k-means per fold on the training speakers' frames (runs missing earlier steps)."""
+    from gmptl import paths
+    from gmptl.experiment import run_experiment
+
+    cfg = _load(config_file, sets)
+    out = run_experiment(cfg, until="cluster")
+    click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
+    click.echo(f"codebooks: {paths.clusters_dir(cfg, 0).parent}")
+
+
+@cli.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@_set_option
+def label(config_file: str, sets: tuple[str, ...]) -> None:
+    """Frame pseudo-labels per fold for every K, with cluster-quality metrics (runs missing earlier steps)."""
+    from gmptl import paths
+    from gmptl.experiment import run_experiment
+
+    cfg = _load(config_file, sets)
+    out = run_experiment(cfg, until="label")
+    click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
+    click.echo(f"labels: {paths.labels_dir(cfg, 0).parent}")
 
 
 @cli.command("config")

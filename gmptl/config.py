@@ -200,6 +200,7 @@ class FeatureConfig(_Section):
     num_gpus_per_worker: float = Field(
         0.0, ge=0, description="GPUs per extraction actor (bf16 autocast on GPU); 0 = CPU."
     )
+    decode_num_cpus: float = Field(0.5, gt=0, description="CPUs per audio decode/resample task.")
 
     @model_validator(mode="after")
     def _layers(self) -> FeatureConfig:
@@ -207,6 +208,39 @@ class FeatureConfig(_Section):
             raise ValueError(
                 f"features.layers={self.layers}: give distinct 1-based transformer layers (1 = first layer)"
             )
+        return self
+
+
+class ClusterConfig(_Section):
+    """Multi-scale k-means over the fold's training frames (METHOD.md step 2)."""
+
+    k: list[int] = Field(
+        default_factory=lambda: [64, 512, 4096],
+        description="Codebook sizes fitted together over the same loaded frames; one GMP label stream each.",
+    )
+    layer: int | None = Field(
+        None, ge=1, description="Feature layer to cluster (1-based); null = features.layers[0]."
+    )
+    max_frames: int = Field(
+        1_000_000,
+        ge=1,
+        description="Frames sampled (seeded, uniformly) from the fold's training frames for fitting.",
+    )
+    n_iter: int = Field(20, ge=1, description="Lloyd iterations per codebook.")
+    init: Literal["kmeans++", "random"] = Field("kmeans++", description="Seeding of the centroids.")
+    init_points_per_centroid: int = Field(
+        20, ge=1, description="k-means++ seeds on min(frames, this x K) sampled frames."
+    )
+    seed: int = Field(0, description="Seed of frame sampling, seeding and empty-cluster re-seeding.")
+    num_workers: int = Field(
+        2, ge=1, description="Ray actors, each holding a disjoint part of the sampled frames."
+    )
+    num_cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per k-means actor.")
+
+    @model_validator(mode="after")
+    def _ks(self) -> ClusterConfig:
+        if not self.k or min(self.k) < 2 or len(set(self.k)) != len(self.k):
+            raise ValueError(f"clustering.k={self.k}: give distinct codebook sizes >= 2")
         return self
 
 
@@ -243,7 +277,7 @@ class Config(_Section):
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
-    clustering: _Reserved = Field(default_factory=_Reserved)
+    clustering: ClusterConfig = Field(default_factory=ClusterConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
     tune: _Reserved = Field(default_factory=_Reserved)
     tracking: _Reserved = Field(default_factory=_Reserved)
@@ -251,6 +285,12 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
+        if self.clustering.layer is not None and self.clustering.layer not in self.features.layers:
+            raise ValueError(
+                f"clustering.layer={self.clustering.layer} is not among features.layers={self.features.layers}"
+            )
+        if max(self.clustering.k) > self.clustering.max_frames:
+            raise ValueError(f"clustering.max_frames={self.clustering.max_frames} is below the largest K")
         depth = PRESET_DEPTH.get(self.model.backbone)
         if depth is not None and max(self.features.layers) > depth:
             raise ValueError(

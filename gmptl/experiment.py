@@ -1,8 +1,9 @@
 """``gmptl run``: the cross-validated experiment, step by step, each step cached by config hash.
 
 Steps so far: synthetic corpus (when ``data.corpus`` is ``synthetic``) -> manifest
--> folds -> frame features of the configured backbone. k-means, training and
-evaluation join this driver as they land (issues 3-5); each step reads the
+-> folds -> frame features of the configured backbone -> per fold: multi-scale
+k-means on the training speakers' frames -> frame pseudo-labels. Training and
+evaluation join this driver as they land (issues 4-5); each step reads the
 previous step's outputs from ``gmptl.paths`` and is skipped when its outputs for
 the same config hash exist.
 """
@@ -15,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from gmptl import paths
 from gmptl.config import Config, config_hash, save_config, to_dict
 from gmptl.data.corpora.iemocap import read_synthetic_marker
-from gmptl.data.folds import fold_table, make_folds, write_folds
+from gmptl.data.folds import Fold, fold_table, make_folds, write_folds
 from gmptl.data.manifest import read_manifest
 from gmptl.data.prepare import prepare_manifest, report_path_for
 from gmptl.data.synth import synthesize_corpus
@@ -90,6 +94,71 @@ def step_extract(cfg: Config, manifest: Path, steps: dict[str, str]) -> ExtractR
     return res
 
 
+def cluster_layer(cfg: Config) -> int:
+    return cfg.clustering.layer if cfg.clustering.layer is not None else cfg.features.layers[0]
+
+
+def step_cluster(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, str]) -> dict[str, Any]:
+    """One codebook per K, fitted on this fold's training speakers only."""
+    from gmptl.clustering.pipeline import fit_codebooks
+
+    out = paths.clusters_dir(cfg, fold.index)
+    if (out / "kmeans.json").is_file():
+        steps[f"cluster[{fold.name}]"] = "cached"
+        return json.loads((out / "kmeans.json").read_text())
+    steps[f"cluster[{fold.name}]"] = "ran"
+    train = fold.select(df, "train").utt_id.tolist()
+    return fit_codebooks(paths.features_dir(cfg), train, cluster_layer(cfg), cfg.clustering, cfg.runtime, out)
+
+
+def step_label(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, str]) -> dict[str, Any]:
+    """Frame pseudo-labels for the fold's train, validation and (for analysis) test utterances."""
+    from gmptl.clustering.pipeline import assign_labels
+
+    out = paths.labels_dir(cfg, fold.index)
+    if (out / "labels.json").is_file():
+        steps[f"label[{fold.name}]"] = "cached"
+        return json.loads((out / "labels.json").read_text())
+    steps[f"label[{fold.name}]"] = "ran"
+    layer = cluster_layer(cfg)
+    cdir = paths.clusters_dir(cfg, fold.index)
+    centroids = {k: np.load(cdir / f"L{layer}_k{k}.npy") for k in cfg.clustering.k}
+    part = fold.part_of(df)
+    parts = pd.Series(part.to_numpy(), index=df.utt_id)[part.to_numpy() != ""]
+    index = assign_labels(paths.features_dir(cfg), centroids, layer, parts, cfg.clustering, cfg.runtime, out)
+    report = {"layer": layer, "n_utterances": int(len(index)), "quality": label_quality(cfg, df, out, index)}
+    (out / "labels.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def label_quality(cfg: Config, df: pd.DataFrame, out: Path, index: pd.DataFrame) -> dict[str, Any]:
+    """Per K and part: usage, entropy, and (synthetic corpus) purity/NMI against the true frame emotion."""
+    from gmptl.clustering.pipeline import LabelStore
+    from gmptl.clustering.quality import contingency, frame_truth, purity_nmi, usage
+    from gmptl.data.synth import EMOTIONS, SEGMENTS_FILE, read_segments
+
+    root = paths.corpus_root(cfg)
+    segments = read_segments(root) if (root / SEGMENTS_FILE).is_file() else None
+    labels = LabelStore(out)
+    quality: dict[str, Any] = {}
+    for k in cfg.clustering.k:
+        for part_name, group in index.groupby("part"):
+            counts = np.zeros(k, np.int64)
+            table = np.zeros((k, len(EMOTIONS)), np.int64)
+            for utt in group.utt_id:
+                lab = labels.get(utt, k)
+                counts += np.bincount(lab, minlength=k)
+                if segments is not None:
+                    truth = frame_truth(segments[utt], len(lab), 0.02, 0.025, list(EMOTIONS))
+                    table += contingency(lab, truth, k, len(EMOTIONS))
+            row: dict[str, Any] = usage(counts)
+            if segments is not None:
+                row |= purity_nmi(table)
+            quality.setdefault(str(k), {})[part_name] = row
+            log.info("fold labels k=%d %s: %s", k, part_name, {a: round(b, 3) for a, b in row.items()})
+    return quality
+
+
 def run_experiment(cfg: Config, until: str | None = None) -> RunOutputs:
     """Run the steps in order (``until`` stops after the named step), each cached by config hash."""
     steps: dict[str, str] = {}
@@ -103,6 +172,11 @@ def run_experiment(cfg: Config, until: str | None = None) -> RunOutputs:
     extract = None
     if until != "folds":
         extract = step_extract(cfg, manifest, steps)
+    if until not in ("folds", "extract"):
+        for fold in folds:
+            step_cluster(cfg, df, fold, steps)
+            if until != "cluster":
+                step_label(cfg, df, fold, steps)
     log.info("run %s: %s", config_hash(cfg), steps)
     return RunOutputs(
         paths.corpus_root(cfg), manifest, folds_file, summary, fold_table(df, folds), steps, extract

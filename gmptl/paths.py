@@ -7,6 +7,8 @@ that produced them, so a changed config can never pick up a stale result::
     <output_dir>/data/<data hash>/manifest.parquet      + manifest.report.json, manifest.config.yaml
     <output_dir>/folds/<data+folds hash>/folds.json
     <output_dir>/features/<data+model hash>/<features hash>/   feature shards + index.parquet
+    <output_dir>/clusters/<features+folds+clustering hash>/fold<i>/   L<layer>_k<K>.npy, kmeans.json
+    <output_dir>/labels/<same hash>/fold<i>/             frame-label shards, index.parquet, labels.json
     <output_dir>/config.yaml                            the resolved config of the last run
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gmptl.config import Config, config_hash, config_hash_of
+from gmptl.config import Config, config_hash, config_hash_of, to_dict
 
 
 def corpus_root(cfg: Config) -> Path:
@@ -37,6 +39,22 @@ def features_dir(cfg: Config) -> Path:
     content = cfg.features.model_dump(exclude={"num_workers", "num_cpus_per_worker", "num_gpus_per_worker"})
     content["on_gpu"] = cfg.features.num_gpus_per_worker > 0
     return Path(cfg.output_dir) / "features" / config_hash(cfg.data, cfg.model) / config_hash_of(content)
+
+
+def clusters_dir(cfg: Config, fold: int) -> Path:
+    """Codebooks of one fold: keyed on the features they were fitted on and the clustering section."""
+    feats = features_dir(cfg)
+    key = config_hash_of([str(feats), to_dict(cfg.folds), to_dict(cfg.clustering)])
+    return Path(cfg.output_dir) / "clusters" / key / f"fold{fold}"
+
+
+def labels_dir(cfg: Config, fold: int) -> Path:
+    return (
+        clusters_dir(cfg, fold).parent.parent.parent
+        / "labels"
+        / clusters_dir(cfg, fold).parent.name
+        / f"fold{fold}"
+    )
 
 
 def resolved_config_path(cfg: Config) -> Path:

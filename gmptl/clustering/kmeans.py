@@ -15,7 +15,7 @@ single-process reference driver built from the same pieces.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -444,16 +444,36 @@ def lloyd(
         centroids = _gather_rows(shards, np.sort(rng.choice(n, size=k, replace=False)))
     else:
         raise ValueError(f"unknown init {init!r}: expected 'kmeans++' or 'random'")
+    return iterate(lambda c: merge(partial_stats(s, c) for s in shards), centroids, n_iter, rng)
+
+
+def iterate(
+    stats_of: Callable[[np.ndarray], PartialStats],
+    centroids: np.ndarray,
+    n_iter: int,
+    rng: np.random.Generator,
+    on_iter: Callable[[dict[str, float | int]], None] | None = None,
+) -> tuple[np.ndarray, list[dict[str, float | int]]]:
+    """The Lloyd loop, whoever computes the statistics (local shards here, Ray actors in the job).
+
+    Args:
+        stats_of: centroids (K, D) float32 -> merged PartialStats over all points.
+        centroids: (K, D) float32 starting centroids.
+        n_iter: iterations; rng: for re-seeding empty clusters; on_iter: called with each history row.
+    Returns:
+        (centroids after the last update, history rows as documented in ``lloyd``).
+    """
     history: list[dict[str, float | int]] = []
     for it in range(n_iter):
-        stats = merge(partial_stats(s, centroids) for s in shards)
+        stats = stats_of(centroids)
         centroids, n_reseeded = update(stats, centroids, rng)
-        history.append(
-            {
-                "iter": it,
-                "objective": stats.inertia,
-                "imbalance": imbalance(stats.counts),
-                "n_reseeded": n_reseeded,
-            }
-        )
+        row = {
+            "iter": it,
+            "objective": stats.inertia,
+            "imbalance": imbalance(stats.counts),
+            "n_reseeded": n_reseeded,
+        }
+        history.append(row)
+        if on_iter is not None:
+            on_iter(row)
     return centroids, history

@@ -45,6 +45,8 @@ class ExtractResult:
     n_utterances: int
     audio_s: float
     wall_s: float
+    encode_s: float = 0.0  # summed over actors: the compute time, without actor start-up and model load
+    n_workers: int = 0
 
 
 def plan_shards(manifest: pd.DataFrame, shard_max_utts: int) -> list[dict[str, Any]]:
@@ -125,6 +127,20 @@ def _n_workers(cfg: FeatureConfig) -> int:
     return max(1, int((res.get("CPU", 1) - 1) / cfg.num_cpus_per_worker))
 
 
+def _check_cpu_budget(cfg: FeatureConfig, n_workers: int) -> None:
+    """Ray Data waits forever, without an error, when actors leave no CPU for the decode tasks."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    claimed = n_workers * cfg.num_cpus_per_worker
+    if claimed + cfg.decode_num_cpus > cpus:
+        raise ValueError(
+            f"features.num_workers={n_workers} x features.num_cpus_per_worker={cfg.num_cpus_per_worker} claims "
+            f"{claimed:g} of the cluster's {cpus:g} CPUs, leaving less than features.decode_num_cpus="
+            f"{cfg.decode_num_cpus:g} for the decode tasks (Ray Data would wait forever); lower one of them"
+        )
+
+
 def extract_features(
     manifest: pd.DataFrame,
     model_cfg: ModelConfig,
@@ -154,17 +170,20 @@ def extract_features(
         todo.append(item)
     log.info("features: %d shards planned, %d to compute, in %s", len(plan), len(todo), folder)
 
-    done_audio = 0.0
+    done_audio, encode_s, n_workers = 0.0, 0.0, 0
     if todo:
         ensure_ray(runtime_cfg)
         n_workers = min(_n_workers(features_cfg), len(todo))
+        _check_cpu_budget(features_cfg, n_workers)
         remote_args: dict[str, Any] = {"num_cpus": features_cfg.num_cpus_per_worker}
         if features_cfg.num_gpus_per_worker > 0:
             remote_args["num_gpus"] = features_cfg.num_gpus_per_worker
         if FAULT_ENV in os.environ:
             remote_args["runtime_env"] = {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        ds = ds.map(_decode, fn_kwargs={"sample_rate_hz": sample_rate_hz}, num_cpus=0.5)
+        ds = ds.map(
+            _decode, fn_kwargs={"sample_rate_hz": sample_rate_hz}, num_cpus=features_cfg.decode_num_cpus
+        )
         ds = ds.map_batches(
             ShardEncoder,
             fn_constructor_kwargs={
@@ -181,6 +200,7 @@ def extract_features(
         )
         for row in ds.iter_rows():
             done_audio += float(row["audio_s"])
+            encode_s += float(row["encode_s"])
             log.info(
                 "shard %d: %d utterances, %d frames, %.0f audio-s/s",
                 row["shard"], row["n_utts"], row["n_frames"], row["audio_s"] / max(row["encode_s"], 1e-9),
@@ -194,7 +214,8 @@ def extract_features(
     result = ExtractResult(
         folder=folder, n_shards=len(plan), n_computed=len(todo), n_cached=len(plan) - len(todo),
         n_recomputed=n_recomputed, n_utterances=int(index.utt_id.nunique()),
-        audio_s=float(manifest.duration_s.sum()), wall_s=time.perf_counter() - t0,
+        audio_s=float(manifest.duration_s.sum()), wall_s=time.perf_counter() - t0, encode_s=encode_s,
+        n_workers=n_workers,
     )  # fmt: skip
     step = {
         **asdict(result),

@@ -43,7 +43,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
+def atomic_write_bytes(path: Path, write: Any) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with tmp.open("wb") as f:
         write(f)
@@ -63,7 +63,7 @@ def write_shard(
     for layer in layers:
         arr = np.concatenate([f[layer] for f in feats], axis=0).astype(dtype)  # (sum frames, D)
         path = shard_array(folder, shard, layer)
-        _atomic_write_bytes(path, lambda fh, a=arr: np.save(fh, a))
+        atomic_write_bytes(path, lambda fh, a=arr: np.save(fh, a))
         files[str(layer)] = {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
     record = {
         "shard": shard,
@@ -75,7 +75,7 @@ def write_shard(
         "dtype": dtype,
         "files": files,
     }
-    _atomic_write_bytes(shard_json(folder, shard), lambda fh: fh.write(json.dumps(record).encode()))
+    atomic_write_bytes(shard_json(folder, shard), lambda fh: fh.write(json.dumps(record).encode()))
     return record
 
 

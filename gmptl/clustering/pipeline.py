@@ -1,0 +1,280 @@
+"""``gmptl cluster`` and ``gmptl label``: multi-scale k-means as a Ray job, then frame pseudo-labels.
+
+cluster: the fold's training utterances are split into ``clustering.num_workers``
+disjoint parts; each Ray actor loads only its part's frames from the memory-mapped
+feature shards and samples its share of ``clustering.max_frames`` (seeded). The
+driver seeds the centroids (k-means++ on a small sample the actors send) and runs
+the Lloyd loop of ``kmeans.iterate``: per iteration it sends the centroids and
+receives per-centroid sums and counts only, so driver memory depends on K x D,
+never on the number of frames. Every K of the set is fitted over the same loaded
+frames. Output per fold: ``L<layer>_k<K>.npy`` centroids and ``kmeans.json``.
+
+label: a Ray Data pass over the feature shards assigns every frame of every
+utterance in the fold to its nearest centroid for every K and writes int32 label
+arrays shard by shard, with the feature shard's offsets; a label count that
+differs from the utterance's frame count is an error naming the utterance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gmptl.clustering import kmeans
+from gmptl.config import ClusterConfig, RuntimeConfig, to_dict
+from gmptl.features import store
+
+log = logging.getLogger(__name__)
+
+
+class FrameShard:
+    """Ray actor: a disjoint part of the fold's training frames, sampled to its budget."""
+
+    def __init__(self, folder: str, utt_ids: list[str], layer: int, budget: int, seed: list[int]):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        fs = store.FeatureStore(Path(folder))
+        rows = fs.index.loc[[(u, layer) for u in utt_ids]]
+        total = int(rows.n_frames.sum())
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(total, size=min(budget, total), replace=False))
+        # Gather only the kept frames, utterance by utterance, from the memory maps.
+        starts = np.concatenate([[0], np.cumsum(rows.n_frames.to_numpy())])
+        parts = []
+        for i, u in enumerate(utt_ids):
+            lo, hi = np.searchsorted(keep, [starts[i], starts[i + 1]])
+            if hi > lo:
+                parts.append(np.asarray(fs.get(u, layer)[keep[lo:hi] - starts[i]], dtype=np.float32))
+        self.x = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+        self.total = total
+
+    def count(self) -> tuple[int, int]:
+        return len(self.x), self.total
+
+    def sample(self, n: int, seed: list[int]) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return self.x[np.sort(rng.choice(len(self.x), size=min(n, len(self.x)), replace=False))]
+
+    def partial_stats(self, centroids: np.ndarray) -> kmeans.PartialStats:
+        return kmeans.partial_stats(self.x, centroids)
+
+
+def _split_evenly(utt_ids: list[str], n_frames: dict[str, int], n_parts: int) -> list[list[str]]:
+    """Greedy balance of frame counts over the parts (largest utterances first), deterministic."""
+    parts: list[list[str]] = [[] for _ in range(n_parts)]
+    load = [0] * n_parts
+    for u in sorted(utt_ids, key=lambda u: (-n_frames[u], u)):
+        j = int(np.argmin(load))
+        parts[j].append(u)
+        load[j] += n_frames[u]
+    return [p for p in parts if p]
+
+
+def fit_codebooks(
+    features_folder: Path,
+    train_utts: list[str],
+    layer: int,
+    cfg: ClusterConfig,
+    runtime: RuntimeConfig,
+    out: Path,
+) -> dict[str, Any]:
+    """Fit one codebook per K on the training frames; write centroids and kmeans.json into ``out``."""
+    import ray
+
+    from gmptl.runtime import ensure_ray
+
+    ensure_ray(runtime)
+    t0 = time.perf_counter()
+    fs = store.FeatureStore(features_folder)
+    missing = sorted(set(train_utts) - set(fs.utterances()))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} training utterances have no features in {features_folder}: {missing[:5]}"
+        )
+    n_frames = {u: int(fs.index.loc[(u, layer), "n_frames"]) for u in train_utts}
+    total = sum(n_frames.values())
+    parts = _split_evenly(train_utts, n_frames, cfg.num_workers)
+    budget = min(cfg.max_frames, total)
+    shares = [round(budget * sum(n_frames[u] for u in p) / total) for p in parts]
+    shares[-1] = budget - sum(shares[:-1])  # exact budget
+    Actor = ray.remote(num_cpus=cfg.num_cpus_per_worker)(FrameShard)
+    actors = [
+        Actor.remote(str(features_folder), p, layer, s, [cfg.seed, i])
+        for i, (p, s) in enumerate(zip(parts, shares, strict=True))
+    ]
+    counts = ray.get([a.count.remote() for a in actors])
+    n_loaded = sum(c for c, _ in counts)
+    log.info(
+        "k-means: %d of %d training frames loaded on %d actors (layer %d)",
+        n_loaded,
+        total,
+        len(actors),
+        layer,
+    )
+    if n_loaded < max(cfg.k):
+        raise ValueError(
+            f"only {n_loaded} training frames for K={max(cfg.k)}: lower clustering.k or add data"
+        )
+
+    def stats_of(c: np.ndarray) -> kmeans.PartialStats:
+        ref = ray.put(np.ascontiguousarray(c, dtype=np.float32))
+        return kmeans.merge(ray.get([a.partial_stats.remote(ref) for a in actors]))
+
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "layer": layer,
+        "n_train_frames": total,
+        "n_fit_frames": n_loaded,
+        "codebooks": {},
+    }
+    for k in cfg.k:
+        rng = np.random.default_rng([cfg.seed, k])
+        n_seed = min(n_loaded, cfg.init_points_per_centroid * k)
+        # Each actor sends its share of the seeding sample: k-means++ needs points, not statistics.
+        seed_sample = np.concatenate(
+            ray.get(
+                [
+                    a.sample.remote(round(n_seed * c / n_loaded) + 1, [cfg.seed, k, i])
+                    for i, (a, (c, _)) in enumerate(zip(actors, counts, strict=True))
+                ]
+            )
+        )
+        if cfg.init == "kmeans++":
+            centroids = kmeans.kmeanspp_init(seed_sample, k, rng)
+        else:
+            centroids = seed_sample[np.sort(rng.choice(len(seed_sample), size=k, replace=False))]
+        t_k = time.perf_counter()
+        centroids, history = kmeans.iterate(
+            stats_of,
+            centroids,
+            cfg.n_iter,
+            rng,
+            on_iter=lambda r, k=k: log.info(
+                "k=%d iter %d objective %.6g imbalance %.3f reseeded %d",
+                k,
+                r["iter"],
+                r["objective"],
+                r["imbalance"],
+                r["n_reseeded"],
+            ),  # fmt: skip
+        )
+        final = stats_of(centroids)
+        np.save(out / f"L{layer}_k{k}.npy", centroids)
+        report["codebooks"][str(k)] = {
+            "file": f"L{layer}_k{k}.npy",
+            "history": history,
+            "final_objective": final.inertia,
+            "final_imbalance": kmeans.imbalance(final.counts),
+            "clusters_used": int((final.counts > 0).sum()),
+            "seed_sample": len(seed_sample),
+            "fit_s": time.perf_counter() - t_k,
+        }
+    for a in actors:
+        ray.kill(a)
+    report["wall_s"] = time.perf_counter() - t0
+    report["config"] = to_dict(cfg)
+    (out / "kmeans.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+class ShardLabeller:
+    """Ray Data actor: loads every codebook once; labels one feature shard per call."""
+
+    def __init__(self, features_folder: str, centroids: dict[int, np.ndarray], layer: int, out: str):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        self.features_folder = Path(features_folder)
+        self.centroids = centroids
+        self.layer = layer
+        self.out = Path(out)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows: dict[str, list] = {"shard": [], "k": [], "hist": []}
+        for shard in batch["shard"]:
+            shard = int(shard)
+            record = json.loads(store.shard_json(self.features_folder, shard).read_text())
+            x = np.load(store.shard_array(self.features_folder, shard, self.layer), mmap_mode="r")
+            if len(x) != sum(record["n_frames"]):
+                raise ValueError(
+                    f"feature shard {shard}: {len(x)} frames, commit record says {sum(record['n_frames'])}"
+                )
+            for k, c in self.centroids.items():
+                labels = kmeans.assign(x, c)[0].astype(np.int32)
+                path = self.out / f"shard_{shard:05d}.k{k}.npy"
+                store.atomic_write_bytes(path, lambda fh, a=labels: np.save(fh, a))
+                rows["shard"].append(shard)
+                rows["k"].append(k)
+                rows["hist"].append(np.bincount(labels, minlength=k))
+        return {
+            "shard": np.asarray(rows["shard"]),
+            "k": np.asarray(rows["k"]),
+            "hist": np.asarray(rows["hist"], dtype=object),
+        }
+
+
+def assign_labels(
+    features_folder: Path, centroids: dict[int, np.ndarray], layer: int, utt_parts: pd.Series,
+    cfg: ClusterConfig, runtime: RuntimeConfig, out: Path,
+) -> pd.DataFrame:  # fmt: skip
+    """Label every frame of the utterances in ``utt_parts`` (utt_id -> train/validation/test).
+
+    Returns the label index (utt_id, part, shard, offset, n_frames), also written to out/index.parquet.
+    """
+    import ray
+
+    from gmptl.runtime import ensure_ray
+
+    ensure_ray(runtime)
+    out.mkdir(parents=True, exist_ok=True)
+    fs = store.FeatureStore(features_folder)
+    index = fs.index.xs(layer, level="layer").reset_index()
+    index = index[index.utt_id.isin(utt_parts.index)].copy()
+    shards = sorted(index.shard.unique().tolist())
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
+    ds = ds.map_batches(
+        ShardLabeller,
+        fn_constructor_kwargs={"features_folder": str(features_folder), "centroids": centroids, "layer": layer,
+                               "out": str(out)},
+        batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.num_workers, len(shards))),
+        num_cpus=cfg.num_cpus_per_worker,
+    )  # fmt: skip
+    for _ in ds.iter_rows():
+        pass
+    # The label count of every utterance must equal its feature frame count.
+    for shard, group in index.groupby("shard"):
+        for k in centroids:
+            n = len(np.load(out / f"shard_{shard:05d}.k{k}.npy", mmap_mode="r"))
+            record_total = int(fs.index[fs.index.shard == shard].xs(layer, level="layer").n_frames.sum())
+            if n != record_total:
+                bad = group.utt_id.tolist()[:3]
+                raise ValueError(
+                    f"labels of shard {shard} (utterances {bad} ...) have {n} frames, features {record_total}"
+                )
+    index["part"] = index.utt_id.map(utt_parts)
+    index.to_parquet(out / "index.parquet", index=False)
+    return index
+
+
+class LabelStore:
+    """Read access to per-utterance frame labels."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.index = pd.read_parquet(self.folder / "index.parquet").set_index("utt_id")
+
+    def get(self, utt_id: str, k: int) -> np.ndarray:
+        row = self.index.loc[utt_id]
+        arr = np.load(self.folder / f"shard_{int(row.shard):05d}.k{k}.npy", mmap_mode="r")
+        labels = np.asarray(arr[int(row.offset) : int(row.offset) + int(row.n_frames)])
+        if len(labels) != int(row.n_frames):
+            raise ValueError(f"utterance {utt_id}: {len(labels)} labels for {int(row.n_frames)} frames")
+        return labels

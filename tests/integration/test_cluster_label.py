@@ -1,0 +1,97 @@
+"""Distributed k-means on Ray actors and frame-label assignment through Ray Data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gmptl.clustering import kmeans
+from gmptl.clustering.pipeline import LabelStore, assign_labels, fit_codebooks
+from gmptl.config import SynthConfig, load_config
+from gmptl.data.folds import make_folds
+from gmptl.data.manifest import read_manifest
+from gmptl.data.prepare import prepare_manifest
+from gmptl.data.synth import synthesize_corpus
+from gmptl.features import store
+from gmptl.features.pipeline import extract_features
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("cluster")
+    synthesize_corpus(tmp / "corpus", SynthConfig(n_utterances=30, seed=2))
+    cfg = load_config(
+        None,
+        ["data.corpus=iemocap", f"data.root={tmp / 'corpus'}", "model.backbone=tiny", "features.layers=[2]",
+         "features.shard_max_utts=8", "features.num_workers=1", "clustering.k=[4,16]", "clustering.n_iter=8",
+         "clustering.max_frames=100000"],
+    )  # fmt: skip
+    df = read_manifest(prepare_manifest(cfg.data, tmp / "corpus", tmp / "m.parquet").manifest_path)
+    extract_features(df, cfg.model, cfg.features, cfg.runtime, tmp / "feats")
+    fold = make_folds(df, cfg.folds)[0]
+    return tmp, cfg, df, fold
+
+
+def test_codebooks_deterministic_and_equal_to_the_reference(extracted, tmp_path):
+    tmp, cfg, df, fold = extracted
+    train = fold.select(df, "train").utt_id.tolist()
+    rep = fit_codebooks(tmp / "feats", train, 2, cfg.clustering, cfg.runtime, tmp_path / "a")
+    fs = store.FeatureStore(tmp / "feats")
+    n_train_frames = sum(len(fs.get(u, 2)) for u in train)
+    assert (
+        rep["n_fit_frames"] == rep["n_train_frames"] == n_train_frames
+    )  # budget above the total: all frames
+    for k in (4, 16):
+        c = np.load(tmp_path / "a" / f"L2_k{k}.npy")
+        assert c.shape == (k, 64) and np.isfinite(c).all()
+        hist = rep["codebooks"][str(k)]["history"]
+        assert len(hist) == 8 and hist[-1]["objective"] <= hist[0]["objective"]
+    # Same seed, same frames: identical codebooks (CPU k-means is deterministic).
+    fit_codebooks(tmp / "feats", train, 2, cfg.clustering, cfg.runtime, tmp_path / "b")
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a" / "L2_k16.npy"), np.load(tmp_path / "b" / "L2_k16.npy")
+    )
+    # The distributed objective equals the single-process computation on the same centroids.
+    x = np.concatenate([np.asarray(fs.get(u, 2), np.float32) for u in train])
+    c16 = np.load(tmp_path / "a" / "L2_k16.npy")
+    assert kmeans.partial_stats(x, c16).inertia == pytest.approx(
+        rep["codebooks"]["16"]["final_objective"], rel=1e-6
+    )
+    # Only training speakers' frames were used: the budget counts exactly their frames.
+    assert n_train_frames < sum(len(fs.get(u, 2)) for u in df.utt_id)
+
+
+def test_budget_is_exact_and_seeded(extracted, tmp_path):
+    tmp, cfg, df, fold = extracted
+    train = fold.select(df, "train").utt_id.tolist()
+    small = cfg.clustering.model_copy(update={"max_frames": 1000})
+    rep = fit_codebooks(tmp / "feats", train, 2, small, cfg.runtime, tmp_path / "s")
+    assert rep["n_fit_frames"] == 1000 < rep["n_train_frames"]
+
+
+def test_labels_match_frame_counts_for_every_utterance(extracted, tmp_path):
+    tmp, cfg, df, fold = extracted
+    train = fold.select(df, "train").utt_id.tolist()
+    fit_codebooks(tmp / "feats", train, 2, cfg.clustering, cfg.runtime, tmp_path / "c")
+    centroids = {k: np.load(tmp_path / "c" / f"L2_k{k}.npy") for k in (4, 16)}
+    part = fold.part_of(df)
+    parts = __import__("pandas").Series(part.to_numpy(), index=df.utt_id)
+    index = assign_labels(tmp / "feats", centroids, 2, parts, cfg.clustering, cfg.runtime, tmp_path / "l")
+    assert sorted(index.part.unique()) == ["test", "train", "validation"] and len(index) == 30
+    fs, ls = store.FeatureStore(tmp / "feats"), LabelStore(tmp_path / "l")
+    for utt in df.utt_id:
+        feats = np.asarray(fs.get(utt, 2), np.float32)
+        for k, c in centroids.items():
+            lab = ls.get(utt, k)
+            assert len(lab) == len(feats)
+            np.testing.assert_array_equal(lab, kmeans.assign(feats, c)[0])
+    # A label shard that lost frames is an error naming the utterance, never silently short.
+    shard = int(index.shard.iloc[0])
+    path = tmp_path / "l" / f"shard_{shard:05d}.k4.npy"
+    np.save(path, np.load(path)[:-5])
+    last = index[index.shard == shard].sort_values("offset").utt_id.iloc[-1]
+    with pytest.raises(ValueError, match=f"utterance {last}: "):
+        ls.get(last, 4)
+    assert json.loads((tmp / "feats" / "extract.json").read_text())["n_utterances"] == 30
