@@ -72,6 +72,7 @@ def main() -> None:
         "sequential_1_core": [],
         f"sequential_{cores}_cores": [],
         "ray_pipeline": [],
+        "ray_steady_state": [],
     }
     t0 = time.perf_counter()
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)

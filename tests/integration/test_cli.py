@@ -71,29 +71,34 @@ def test_config_keys_and_resolved_config(capsys):
 
 def test_run_demo_config_then_cached(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [
-        *GMPTL,
-        "run",
-        "jobs/demo.yaml",
-        "--set",
+    small = [
         f"output_dir={tmp_path}",
-        "--set",
         "data.synth.n_utterances=40",
+        "clustering.k=[4,8]",
+        "clustering.n_iter=3",
+        "folds.scheme=speaker_kfold",  # 2 folds instead of 5 keep this test short
+        "folds.n_folds=2",
     ]
+    sets = [a for item in small for a in ("--set", item)]
+    cmd = [*GMPTL, "run", "jobs/demo.yaml", *sets]
     first = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    assert "steps: synth (ran), prepare (ran), folds (ran), extract (ran)" in first.stdout
+    steps = (
+        "synth (ran), prepare (ran), folds (ran), extract (ran), cluster[kfold1] (ran), label[kfold1] (ran)"
+    )
+    assert steps in first.stdout and "label[kfold2] (ran)" in first.stdout
     assert "utterances: 40" in first.stdout and "Session5" in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     assert "steps: synth (cached), prepare (cached), folds (cached), extract (cached)" in second.stdout
+    assert "(ran)" not in second.stdout
     assert (tmp_path / "config.yaml").is_file()
     folds = json.loads(next((tmp_path / "folds").glob("*/folds.json")).read_text())
-    assert len(folds["folds"]) == 5 and all(f["n_test"] == 8 for f in folds["folds"])
-    # a changed config gets its own folder, never the stale result
-    changed = subprocess.run(
-        [*cmd, "--set", "data.synth.seed=1"], capture_output=True, text=True, check=True, env=env
-    )
-    assert "synth (ran), prepare (ran)" in changed.stdout
-    assert len(list((tmp_path / "data").iterdir())) == 2
+    assert len(folds["folds"]) == 2 and sum(f["n_test"] for f in folds["folds"]) == 40
+    labels = json.loads(next((tmp_path / "labels").glob("*/fold0/labels.json")).read_text())
+    assert set(labels["quality"]) == {"4", "8"} and {"purity", "nmi"} <= set(labels["quality"]["8"]["train"])
+    # A changed config gets its own folders, never the stale result.
+    changed = [*GMPTL, "extract", "jobs/demo.yaml", *sets, "--set", "data.synth.seed=1"]
+    out = subprocess.run(changed, capture_output=True, text=True, check=True, env=env).stdout
+    assert "shards: 1 (1 computed, 0 cached" in out
 
 
 def test_synth_command(tmp_path, capsys):

@@ -40,8 +40,8 @@ def test_unknown_key_in_override_names_set():
 
 
 def test_reserved_sections_reject_keys_until_their_stage_defines_them():
-    with pytest.raises(ConfigError, match=r"unknown config key 'clustering.k'"):
-        load_config(None, ["clustering.k=64"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'tune.num_samples'"):
+        load_config(None, ["tune.num_samples=4"])
 
 
 def test_wrong_type_names_key_and_value(tmp_path):
@@ -62,6 +62,15 @@ def test_missing_root_for_a_real_corpus_is_an_error():
 def test_selecting_on_test_fold_is_rejected():
     with pytest.raises(ConfigError, match=r"folds.validation=test would select models on the test fold"):
         load_config(None, ["folds.validation=test"])
+
+
+def test_stage_sections_cross_checks():
+    with pytest.raises(ConfigError, match=r"clustering.layer=3 is not among features.layers=\[2\]"):
+        load_config(None, ["model.backbone=tiny", "features.layers=[2]", "clustering.layer=3"])
+    with pytest.raises(ConfigError, match=r"clustering.k=\[64, 64\]: give distinct codebook sizes"):
+        load_config(None, ["clustering.k=[64,64]"])
+    with pytest.raises(ConfigError, match=r"features.layers=\[0\]: give distinct 1-based"):
+        load_config(None, ["features.layers=[0]"])
 
 
 def test_cross_field_rules():
