@@ -161,18 +161,23 @@ def extract(config_file: str, sets: tuple[str, ...]) -> None:
     )
 
 
+def _run_until(config_file: str, sets: tuple[str, ...], until: str) -> None:
+    from gmptl import paths
+    from gmptl.experiment import run_experiment
+
+    cfg = _load(config_file, sets)
+    out = run_experiment(cfg, until=until)
+    folder = paths.clusters_dir(cfg, 0) if until == "cluster" else paths.labels_dir(cfg, 0)
+    click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
+    click.echo(f"{until} outputs: {folder.parent}")
+
+
 @cli.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @_set_option
 def cluster(config_file: str, sets: tuple[str, ...]) -> None:
     """Multi-scale k-means per fold on the training speakers' frames (runs missing earlier steps)."""
-    from gmptl import paths
-    from gmptl.experiment import run_experiment
-
-    cfg = _load(config_file, sets)
-    out = run_experiment(cfg, until="cluster")
-    click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
-    click.echo(f"codebooks: {paths.clusters_dir(cfg, 0).parent}")
+    _run_until(config_file, sets, "cluster")
 
 
 @cli.command()
@@ -180,13 +185,7 @@ def cluster(config_file: str, sets: tuple[str, ...]) -> None:
 @_set_option
 def label(config_file: str, sets: tuple[str, ...]) -> None:
     """Frame pseudo-labels per fold for every K, with cluster-quality metrics (runs missing earlier steps)."""
-    from gmptl import paths
-    from gmptl.experiment import run_experiment
-
-    cfg = _load(config_file, sets)
-    out = run_experiment(cfg, until="label")
-    click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
-    click.echo(f"labels: {paths.labels_dir(cfg, 0).parent}")
+    _run_until(config_file, sets, "label")
 
 
 @cli.command("config")

@@ -98,15 +98,19 @@ def cluster_layer(cfg: Config) -> int:
     return cfg.clustering.layer if cfg.clustering.layer is not None else cfg.features.layers[0]
 
 
+def _cached(steps: dict[str, str], step: str, manifest: Path) -> dict[str, Any] | None:
+    """A step's JSON manifest if it finished before (the step is then skipped), else None."""
+    steps[step] = "cached" if manifest.is_file() else "ran"
+    return json.loads(manifest.read_text()) if manifest.is_file() else None
+
+
 def step_cluster(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, str]) -> dict[str, Any]:
     """One codebook per K, fitted on this fold's training speakers only."""
     from gmptl.clustering.pipeline import fit_codebooks
 
     out = paths.clusters_dir(cfg, fold.index)
-    if (out / "kmeans.json").is_file():
-        steps[f"cluster[{fold.name}]"] = "cached"
-        return json.loads((out / "kmeans.json").read_text())
-    steps[f"cluster[{fold.name}]"] = "ran"
+    if (done := _cached(steps, f"cluster[{fold.name}]", out / "kmeans.json")) is not None:
+        return done
     train = fold.select(df, "train").utt_id.tolist()
     return fit_codebooks(paths.features_dir(cfg), train, cluster_layer(cfg), cfg.clustering, cfg.runtime, out)
 
@@ -116,10 +120,8 @@ def step_label(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, str])
     from gmptl.clustering.pipeline import assign_labels
 
     out = paths.labels_dir(cfg, fold.index)
-    if (out / "labels.json").is_file():
-        steps[f"label[{fold.name}]"] = "cached"
-        return json.loads((out / "labels.json").read_text())
-    steps[f"label[{fold.name}]"] = "ran"
+    if (done := _cached(steps, f"label[{fold.name}]", out / "labels.json")) is not None:
+        return done
     layer = cluster_layer(cfg)
     cdir = paths.clusters_dir(cfg, fold.index)
     centroids = {k: np.load(cdir / f"L{layer}_k{k}.npy") for k in cfg.clustering.k}

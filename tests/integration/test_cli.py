@@ -90,6 +90,11 @@ def test_run_demo_config_then_cached(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     assert "steps: synth (cached), prepare (cached), folds (cached), extract (cached)" in second.stdout
     assert "(ran)" not in second.stdout
+    for step in ("cluster", "label"):  # each step runs alone from the config (here: all cached)
+        alone = subprocess.run(
+            [*GMPTL, step, "jobs/demo.yaml", *sets], capture_output=True, text=True, check=True, env=env
+        )
+        assert f"{step}[kfold2] (cached)" in alone.stdout and f"{step} outputs: {tmp_path}" in alone.stdout
     assert (tmp_path / "config.yaml").is_file()
     folds = json.loads(next((tmp_path / "folds").glob("*/folds.json")).read_text())
     assert len(folds["folds"]) == 2 and sum(f["n_test"] for f in folds["folds"]) == 40
