@@ -1,0 +1,139 @@
+"""Benchmark: multi-scale k-means, ours (Ray actors, 1 and 2) vs fairseq's recipe vs faiss.Kmeans.
+
+Run by hand, e.g. the issue's scale (hours on 2 cores for the fairseq recipe at K=4096):
+    .venv/bin/python bench/bench_kmeans.py --n 500000 --d 768 --ks 64,512,4096
+or a quick check: ``--n 50000 --d 64 --ks 64,512 --fairseq-n-init 3``.
+
+Data: a realistic mixture (1000 anisotropic Gaussian components of random sizes,
+float32), written as a gmptl feature store (fp16) for our job; the same points in
+float32 for the others. Every method gets the same iteration budget where it has
+one; inertia is always recomputed on the *full* set with the same code. fairseq's
+``learn_kmeans.py`` recipe: MiniBatchKMeans(k-means++, batch 10 000, n_init 20,
+max_iter 100, tol 0, max_no_improvement 100, reassignment_ratio 0). Peak memory is
+the max RSS of the largest process (driver or actor), read from /proc.
+Prints a table; writes ``bench/results/bench_kmeans.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def mixture(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (1000, d)).astype(np.float32)
+    scales = rng.uniform(0.3, 2.0, (1000, d)).astype(np.float32)
+    weights = rng.dirichlet(np.full(1000, 0.5))
+    comp = rng.choice(1000, size=n, p=weights)
+    x = np.empty((n, d), np.float32)
+    for s in range(0, n, 50_000):
+        c = comp[s : s + 50_000]
+        x[s : s + 50_000] = centres[c] + scales[c] * rng.normal(size=(len(c), d)).astype(np.float32)
+    return x
+
+
+def write_store(x: np.ndarray, folder: Path, frames_per_utt: int = 250) -> list[str]:
+    from gmptl.features import store
+
+    folder.mkdir(parents=True)
+    utts, shard, start = [], 0, 0
+    while start < len(x):
+        ids, feats = [], []
+        for _ in range(64):
+            if start >= len(x):
+                break
+            ids.append(f"u{len(utts):07d}")
+            feats.append({1: x[start : start + frames_per_utt]})
+            utts.append(ids[-1])
+            start += frames_per_utt
+        store.write_shard(folder, shard, ids, feats, "float16")
+        shard += 1
+    store.build_index(folder, shard)
+    return utts
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=500_000)
+    ap.add_argument("--d", type=int, default=768)
+    ap.add_argument("--ks", default="64,512,4096")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--fairseq-n-init", type=int, default=20)
+    ap.add_argument("--fairseq-max-iter", type=int, default=100)
+    ap.add_argument("--skip-fairseq", action="store_true")
+    args = ap.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
+
+    import faiss
+    import ray
+    from sklearn.cluster import MiniBatchKMeans
+
+    from gmptl.clustering import kmeans
+    from gmptl.clustering.pipeline import fit_codebooks
+    from gmptl.config import load_config
+
+    x = mixture(args.n, args.d, 0)
+    tmp = Path(tempfile.mkdtemp())
+    utts = write_store(x, tmp / "feats")
+    xq = x.astype(np.float16).astype(np.float32)  # the points our job sees (fp16 storage)
+
+    def inertia(c: np.ndarray) -> float:
+        return kmeans.partial_stats(x, c).inertia
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rows = []
+    for k in ks:
+        for workers in (1, 2):
+            cfg = load_config(None, [f"clustering.k=[{k}]", f"clustering.max_frames={args.n}",
+                                     f"clustering.n_iter={args.iters}", f"clustering.num_workers={workers}",
+                                     "clustering.num_cpus_per_worker=1"]).clustering  # fmt: skip
+            t0 = time.perf_counter()
+            fit_codebooks(tmp / "feats", utts, 1, cfg, load_config().runtime, tmp / f"ours_{k}_{workers}")
+            wall = time.perf_counter() - t0
+            c = np.load(tmp / f"ours_{k}_{workers}" / f"L1_k{k}.npy")
+            rows.append({"k": k, "method": f"ours_{workers}_actor", "wall_s": wall, "inertia": inertia(c)})
+        t0 = time.perf_counter()
+        km = faiss.Kmeans(args.d, k, niter=args.iters, seed=1234, max_points_per_centroid=10**9)
+        km.train(xq)
+        rows.append({"k": k, "method": "faiss.Kmeans", "wall_s": time.perf_counter() - t0,
+                     "inertia": inertia(km.centroids)})  # fmt: skip
+        if not args.skip_fairseq:
+            t0 = time.perf_counter()
+            mb = MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=args.fairseq_max_iter, batch_size=10_000,
+                                 tol=0.0, max_no_improvement=100, n_init=args.fairseq_n_init,
+                                 reassignment_ratio=0.0, random_state=0).fit(x)  # fmt: skip
+            rows.append({"k": k, "method": f"fairseq_minibatch(n_init={args.fairseq_n_init})",
+                         "wall_s": time.perf_counter() - t0,
+                         "inertia": inertia(mb.cluster_centers_.astype(np.float32))})  # fmt: skip
+        print(f"k={k} done", flush=True)
+    ray.shutdown()
+
+    print(f"\n{args.n} x {args.d} points, {args.iters} Lloyd iterations, 2 cores; driver peak RSS "
+          f"{peak_rss_mb():.0f} MB (holds the float32 copy for the reference methods)")  # fmt: skip
+    print(f"{'K':>6} {'method':<30} {'wall s':>9} {'inertia (full set)':>20} {'vs ours_2':>10}")
+    for k in ks:
+        ours = next(r for r in rows if r["k"] == k and r["method"] == "ours_2_actor")
+        for r in (r for r in rows if r["k"] == k):
+            r["inertia_vs_ours_2"] = r["inertia"] / ours["inertia"]
+            print(
+                f"{k:>6} {r['method']:<30} {r['wall_s']:>9.1f} {r['inertia']:>20.6g} {r['inertia_vs_ours_2']:>10.4f}"
+            )
+    out = Path(__file__).parent / "results" / "bench_kmeans.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
