@@ -330,7 +330,9 @@ def _reseed_from_sample(
     return []
 
 
-def kmeanspp_init(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def kmeanspp_init(
+    sample: np.ndarray, k: int, rng: np.random.Generator, n_local_trials: int = 1
+) -> np.ndarray:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): k distinct rows of the sample.
 
     Plain (non-greedy) k-means++ on the whole sample: the first centre is uniform, each next
@@ -345,6 +347,9 @@ def kmeanspp_init(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.nd
             is copied to float32 once). Must be finite.
         k: number of centres, 1 <= k <= number of distinct rows.
         rng: source of the draws.
+        n_local_trials: 1 = plain k-means++; L > 1 = greedy k-means++ (scikit-learn's default,
+            with L = 2 + ln k): draw L candidates per step and keep the one that lowers the
+            potential most. L times the cost; markedly better starts at large k.
 
     Returns:
         (k, D) float32 centres, each a row of ``sample``.
@@ -371,8 +376,18 @@ def kmeanspp_init(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.nd
         if cumsum[-1] <= 0:
             # Every row equals one of the i centres chosen, which are pairwise distinct.
             raise ValueError(f"the sample has only {i} distinct rows, fewer than k={k} centroids")
-        chosen[i] = _draw(min_d2, cumsum, rng)
-        np.minimum(min_d2, _sq_dist_to(s, s[chosen[i]], buf), out=min_d2)
+        if n_local_trials <= 1:
+            chosen[i] = _draw(min_d2, cumsum, rng)
+            np.minimum(min_d2, _sq_dist_to(s, s[chosen[i]], buf), out=min_d2)
+            continue
+        best_pot, best_d2 = np.inf, None
+        for _ in range(n_local_trials):
+            cand = _draw(min_d2, cumsum, rng)
+            trial = np.minimum(min_d2, _sq_dist_to(s, s[cand], buf))
+            pot = float(trial.sum(dtype=np.float64))
+            if pot < best_pot:
+                best_pot, best_d2, chosen[i] = pot, trial, cand
+        min_d2 = best_d2  # type: ignore[assignment]
     return s[chosen]
 
 

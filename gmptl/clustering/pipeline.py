@@ -146,8 +146,9 @@ def fit_codebooks(
                 ]
             )
         )
-        if cfg.init == "kmeans++":
-            centroids = kmeans.kmeanspp_init(seed_sample, k, rng)
+        if cfg.init != "random":
+            trials = 2 + int(np.log(k)) if cfg.init == "greedy-kmeans++" else 1
+            centroids = kmeans.kmeanspp_init(seed_sample, k, rng, n_local_trials=trials)
         else:
             centroids = seed_sample[np.sort(rng.choice(len(seed_sample), size=k, replace=False))]
         t_k = time.perf_counter()

@@ -251,3 +251,19 @@ def test_imbalance():
     assert imbalance(np.array([20, 0, 0, 0])) == pytest.approx(4.0)
     with pytest.raises(ValueError):
         imbalance(np.zeros(3, np.int64))
+
+
+def test_greedy_kmeanspp_starts_lower_than_plain():
+    from gmptl.clustering.kmeans import kmeanspp_init, partial_stats
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 4, (200, 16)).astype(np.float32)
+    x = (centres[rng.integers(0, 200, 20000)] + rng.normal(size=(20000, 16))).astype(np.float32)
+    plain = [partial_stats(x, kmeanspp_init(x, 128, np.random.default_rng(s))).inertia for s in range(3)]
+    greedy = [
+        partial_stats(x, kmeanspp_init(x, 128, np.random.default_rng(s), n_local_trials=6)).inertia
+        for s in range(3)
+    ]
+    assert max(greedy) < min(plain)
+    c = kmeanspp_init(x, 128, np.random.default_rng(0), n_local_trials=6)
+    assert len(np.unique(c, axis=0)) == 128  # still distinct rows of the sample
