@@ -198,7 +198,7 @@ class ShardLabeller:
         self.out = Path(out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows: dict[str, list] = {"shard": [], "k": [], "hist": []}
+        rows: dict[str, list] = {"shard": [], "k": [], "n_frames": []}
         for shard in batch["shard"]:
             shard = int(shard)
             record = json.loads(store.shard_json(self.features_folder, shard).read_text())
