@@ -213,12 +213,8 @@ class ShardLabeller:
                 store.atomic_write_bytes(path, lambda fh, a=labels: np.save(fh, a))
                 rows["shard"].append(shard)
                 rows["k"].append(k)
-                rows["hist"].append(np.bincount(labels, minlength=k))
-        return {
-            "shard": np.asarray(rows["shard"]),
-            "k": np.asarray(rows["k"]),
-            "hist": np.asarray(rows["hist"], dtype=object),
-        }
+                rows["n_frames"].append(len(labels))
+        return {key: np.asarray(v) for key, v in rows.items()}
 
 
 def assign_labels(
