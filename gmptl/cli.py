@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from gmptl.config import Config, iter_keys, load_config, save_config
+from gmptl.config import CORPUS_NAMES, Config, iter_keys, load_config, save_config
 from gmptl.errors import GmptlError
 
 log = logging.getLogger("gmptl")
@@ -74,8 +74,7 @@ def synth(
 
 
 @cli.command()
-@click.option("--corpus", type=click.Choice(sorted(["synthetic", "iemocap", "ravdess", "cremad", "emodb",
-                                                    "msp_podcast", "emobox", "generic"])), default=None,
+@click.option("--corpus", type=click.Choice(sorted(CORPUS_NAMES)), default=None,
               help="Corpus loader (data.corpus).")  # fmt: skip
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Corpus folder (data.root).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest Parquet file to write.")

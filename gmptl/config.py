@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gmptl.errors import ConfigError
 
-CORPUS_NAMES = ("synthetic", "iemocap", "ravdess", "cremad", "emodb", "msp_podcast", "emobox", "generic")
+CorpusName = Literal["synthetic", "iemocap", "ravdess", "cremad", "emodb", "msp_podcast", "emobox", "generic"]
+CORPUS_NAMES: tuple[str, ...] = typing.get_args(CorpusName)
 
 
 class _Section(BaseModel):
@@ -53,9 +54,9 @@ class SynthConfig(_Section):
 class DataConfig(_Section):
     """Which corpus, where it is, how labels map, and what bad input does."""
 
-    corpus: Literal[
-        "synthetic", "iemocap", "ravdess", "cremad", "emodb", "msp_podcast", "emobox", "generic"
-    ] = Field("synthetic", description="Corpus loader; `synthetic` generates the built-in demo corpus.")
+    corpus: CorpusName = Field(
+        "synthetic", description="Corpus loader; `synthetic` generates the built-in demo corpus."
+    )
     root: str | None = Field(
         None,
         description="Corpus root folder. Required for every corpus but `synthetic` "

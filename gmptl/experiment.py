@@ -78,12 +78,12 @@ def step_prepare(cfg: Config, steps: dict[str, str]) -> tuple[Path, dict[str, An
     return manifest, prepare_manifest(cfg.data, root, manifest, full_config=cfg).summary.as_dict()
 
 
-def step_extract(cfg: Config, manifest: Path, steps: dict[str, str]) -> ExtractResult:
+def step_extract(cfg: Config, df: pd.DataFrame, steps: dict[str, str]) -> ExtractResult:
     """Frame features of every manifest utterance from the configured backbone; shard-level resume."""
     from gmptl.features.pipeline import extract_features
 
     res = extract_features(
-        read_manifest(manifest),
+        df,
         cfg.model,
         cfg.features,
         cfg.runtime,
@@ -173,7 +173,7 @@ def run_experiment(cfg: Config, until: str | None = None) -> RunOutputs:
     write_folds(df, folds, cfg.folds, folds_file)
     extract = None
     if until != "folds":
-        extract = step_extract(cfg, manifest, steps)
+        extract = step_extract(cfg, df, steps)
     if until not in ("folds", "extract"):
         for fold in folds:
             step_cluster(cfg, df, fold, steps)

@@ -170,7 +170,7 @@ def extract_features(
         todo.append(item)
     log.info("features: %d shards planned, %d to compute, in %s", len(plan), len(todo), folder)
 
-    done_audio, encode_s, n_workers = 0.0, 0.0, 0
+    encode_s, n_workers = 0.0, 0
     if todo:
         ensure_ray(runtime_cfg)
         n_workers = min(_n_workers(features_cfg), len(todo))
@@ -199,7 +199,6 @@ def extract_features(
             **remote_args,
         )
         for row in ds.iter_rows():
-            done_audio += float(row["audio_s"])
             encode_s += float(row["encode_s"])
             log.info(
                 "shard %d: %d utterances, %d frames, %.0f audio-s/s",
