@@ -254,7 +254,7 @@ class _Reserved(_Section):
 
 
 class RuntimeConfig(_Section):
-    """Where Ray runs."""
+    """Where Ray runs and where training persists its checkpoints."""
 
     address: str | None = Field(
         None,
@@ -266,12 +266,143 @@ class RuntimeConfig(_Section):
     object_store_mb: int | None = Field(
         None, ge=64, description="Object store of the local Ray (null = Ray's default)."
     )
+    storage_path: str | None = Field(
+        None,
+        description="Ray Train checkpoints and run state (shared storage or s3:// on a multi-node cluster); "
+        "null = `<output_dir>/ray_results`.",
+    )
+
+
+class TrackingConfig(_Section):
+    """MLflow: where runs are logged."""
+
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI: `sqlite:///path.db` or `http(s)://server:5000`; null = "
+        "`sqlite:///<output_dir>/mlflow.db` (embedded). A `file:` store is refused by MLflow 3.",
+    )
+    experiment: str = Field("gmptl", min_length=1, description="MLflow experiment name.")
+    enabled: bool = Field(True, description="false = log nothing to MLflow (metrics still in Ray results).")
+
+    @model_validator(mode="after")
+    def _uri(self) -> TrackingConfig:
+        if self.uri is not None and not re.match(r"^(sqlite:///|https?://|databricks)", self.uri):
+            raise ValueError(
+                f"tracking.uri={self.uri!r}: use sqlite:///path/to/mlflow.db or http(s)://host:port "
+                "(MLflow 3 refuses `file:` stores)"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    """What every training stage shares (METHOD.md, starting hyperparameters)."""
+
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    epochs: int = Field(20, ge=1, description="Maximum epochs (early stopping may end sooner).")
+    batch_size: int = Field(
+        32, ge=1, description="Utterances per optimizer step, summed over workers and accumulation steps."
+    )
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null = off.")
+    warmup_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Linear warm-up over this fraction of the steps, then linear decay to 0."
+    )
+    crop_s: float | None = Field(
+        10.0, gt=0, description="Random crop length in training; evaluation always sees whole utterances."
+    )
+    batching: Literal["bucket", "random"] = Field(
+        "bucket",
+        description="`bucket`: batches of similar-length utterances (little padding); `random`: plain shuffle.",
+    )
+    bucket_pool_batches: int = Field(
+        50, ge=1, description="Bucketing sorts by length within pools of this many batches, then shuffles."
+    )
+    eval_batch_max_audio_s: float = Field(
+        120.0, gt=0, description="Padded audio seconds per evaluation batch (whole utterances)."
+    )
+    freeze_cnn: bool = Field(True, description="Freeze the CNN feature encoder (METHOD.md).")
+    freeze_layers: int = Field(0, ge=0, description="Also freeze the first N transformer layers.")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Set every dropout of the backbone to this; null = keep the backbone's."
+    )
+    mask_prob: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="HuBERT-style time masking: probability that a frame starts a masked span (0 = off).",
+    )
+    mask_length: int = Field(10, ge=1, description="Frames per masked span.")
+    gain_db: float = Field(
+        0.0, ge=0, description="Random gain of +-this many dB on training crops (0 = off)."
+    )
+    patience: int | None = Field(
+        5, ge=1, description="Stop after this many epochs without a better validation score; null = never."
+    )
+    seed: int = Field(0, description="Seed of crops, batching, masking and head initialisation.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel DDP ranks).")
+    num_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per training worker.")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL, bf16 autocast.")
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker that read audio.")
+    max_failures: int = Field(1, ge=0, description="Restarts of the worker group after a worker fails.")
+    checkpoints_to_keep: int = Field(2, ge=1, description="Epoch checkpoints kept in storage_path.")
+
+    def worker_batch(self) -> int:
+        """Utterances per micro-batch on one worker (batch_size split over workers and accumulation)."""
+        return max(1, self.batch_size // (self.num_workers * self.grad_accum_steps))
+
+
+class MTLStageConfig(TrainConfig):
+    """Stage 0: emotion + gender multi-task fine-tuning from the pre-trained backbone."""
+
+    alpha: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Loss = alpha * CE(emotion) + (1 - alpha) * CE(gender); 1 = no gender task.",
+    )
+    pooling: Literal["mean", "attentive"] = Field("mean", description="Pooling over valid frames.")
+
+
+class GMPStageConfig(TrainConfig):
+    """Stage 1: predict the multi-scale frame pseudo-labels (one head per K)."""
+
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.")
+    init: Literal["pretrained", "mtl"] = Field(
+        "pretrained", description="Start from model.backbone (METHOD.md default) or the fold's stage-0 model."
+    )
+    head_dim: int = Field(256, ge=1, description="Hidden size of each frame head: Linear, tanh, Linear to K.")
+    mask_prob: float = Field(0.065, ge=0, lt=1, description="Time masking (HuBERT's p); 0 = off.")
+    loss_on: Literal["masked", "all"] = Field(
+        "masked", description="Frame cross-entropy on masked frames only (HuBERT) or on every valid frame."
+    )
+
+
+class UtteranceStageConfig(TrainConfig):
+    """Stage 2: utterance emotion with a cosine classifier and AM-Softmax."""
+
+    lr: float = Field(3e-5, gt=0, description="Peak learning rate of AdamW.")
+    init: Literal["gmp", "mtl", "pretrained"] = Field(
+        "gmp",
+        description="Start from the fold's stage-1 model (GMP-TL), or stage 0, or model.backbone (= plain "
+        "fine-tuning baseline).",
+    )
+    loss: Literal["amsoftmax", "ce"] = Field(
+        "amsoftmax", description="AM-Softmax on cosines, or cross-entropy on a linear layer (ablation)."
+    )
+    scale: float = Field(30.0, gt=0, description="AM-Softmax scale s.")
+    margin: float = Field(0.35, ge=0, lt=1, description="AM-Softmax margin m.")
+    pooling: Literal["mean", "attentive"] = Field("mean", description="Pooling over valid frames.")
+    class_weights: bool = Field(False, description="Weight the loss by inverse class frequency.")
 
 
 class StagesConfig(_Section):
-    mtl: _Reserved = Field(default_factory=_Reserved)
-    gmp: _Reserved = Field(default_factory=_Reserved)
-    utterance: _Reserved = Field(default_factory=_Reserved)
+    mtl: MTLStageConfig = Field(default_factory=MTLStageConfig)
+    gmp: GMPStageConfig = Field(default_factory=GMPStageConfig)
+    utterance: UtteranceStageConfig = Field(default_factory=UtteranceStageConfig)
+
+
+STAGE_NAMES = ("mtl", "gmp", "utterance")
 
 
 class Config(_Section):
@@ -285,7 +416,7 @@ class Config(_Section):
     clustering: ClusterConfig = Field(default_factory=ClusterConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
     tune: _Reserved = Field(default_factory=_Reserved)
-    tracking: _Reserved = Field(default_factory=_Reserved)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
