@@ -187,6 +187,24 @@ def label(config_file: str, sets: tuple[str, ...]) -> None:
     _run_until(config_file, sets, "label")
 
 
+@cli.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--stage", required=True, type=click.Choice(["mtl", "gmp", "utterance"]),
+              help="mtl = stage 0, gmp = stage 1, utterance = stage 2.")  # fmt: skip
+@click.option("--fold", "fold_sel", default="all", show_default=True, help="Fold index (0-based) or `all`.")
+@_set_option
+def train(config_file: str, stage: str, fold_sel: str, sets: tuple[str, ...]) -> None:
+    """Train one stage per fold on Ray Train (resumes an interrupted run; skips a finished one)."""
+    from gmptl.experiment import train_folds
+
+    cfg = _load(config_file, sets)
+    for m in train_folds(cfg, stage, fold_sel):
+        bm = m["best_metrics"]
+        shown = ", ".join(f"{k}={bm[k]:.3f}" for k in ("val_war", "val_uar", "val_loss") if k in bm)
+        click.echo(f"{stage} fold {m['fold']} ({m['fold_name']}): best epoch {m['best_epoch']}: {shown}")
+        click.echo(f"  model: {m['model_dir']}")
+
+
 @cli.command("config")
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @_set_option

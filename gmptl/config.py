@@ -344,6 +344,11 @@ class TrainConfig(_Section):
     num_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per training worker.")
     use_gpu: bool = Field(False, description="One GPU per worker, NCCL, bf16 autocast.")
     loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker that read audio.")
+    audio_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="Decoded audio each worker keeps in memory across epochs (0 = re-read every epoch).",
+    )
     max_failures: int = Field(1, ge=0, description="Restarts of the worker group after a worker fails.")
     checkpoints_to_keep: int = Field(2, ge=1, description="Epoch checkpoints kept in storage_path.")
 

@@ -161,6 +161,24 @@ def label_quality(cfg: Config, df: pd.DataFrame, out: Path, index: pd.DataFrame)
     return quality
 
 
+def train_folds(cfg: Config, stage: str, fold_sel: str = "all") -> list[dict[str, Any]]:
+    """``gmptl train``: one stage on the selected folds (data steps run or come from cache)."""
+    from gmptl.training.pipeline import train_stage
+
+    steps: dict[str, str] = {}
+    manifest, _ = step_prepare(cfg, steps)
+    df = read_manifest(manifest)
+    folds = make_folds(df, cfg.folds)
+    write_folds(df, folds, cfg.folds, paths.folds_path(cfg))
+    if fold_sel == "all":
+        chosen = folds
+    else:
+        if not fold_sel.isdigit() or int(fold_sel) >= len(folds):
+            raise ConfigError(f"--fold {fold_sel!r}: expected `all` or an index in 0..{len(folds) - 1}")
+        chosen = [folds[int(fold_sel)]]
+    return [train_stage(cfg, df, fold, stage) for fold in chosen]
+
+
 def run_experiment(cfg: Config, until: str | None = None) -> RunOutputs:
     """Run the steps in order (``until`` stops after the named step), each cached by config hash."""
     steps: dict[str, str] = {}

@@ -9,6 +9,9 @@ that produced them, so a changed config can never pick up a stale result::
     <output_dir>/features/<data+model hash>/<features hash>/   feature shards + index.parquet
     <output_dir>/clusters/<features+folds+clustering hash>/fold<i>/   L<layer>_k<K>.npy, kmeans.json
     <output_dir>/labels/<same hash>/fold<i>/             frame-label shards, index.parquet, labels.json
+    <output_dir>/train/<stage>/<hash>/fold<i>/          stage.json, best/ (model folder), figures
+    <output_dir>/ray_results/<stage>-fold<i>-<hash>/    Ray Train checkpoints (runtime.storage_path)
+    <output_dir>/mlflow.db, mlartifacts/                MLflow (tracking.uri unset)
     <output_dir>/config.yaml                            the resolved config of the last run
 """
 
@@ -59,3 +62,36 @@ def labels_dir(cfg: Config, fold: int) -> Path:
 
 def resolved_config_path(cfg: Config) -> Path:
     return Path(cfg.output_dir) / "config.yaml"
+
+
+# Settings that change how fast a stage trains, not what it learns: left out of its hash.
+_RESOURCE_KEYS = {
+    "loader_workers",
+    "audio_cache_mb",
+    "max_failures",
+    "checkpoints_to_keep",
+    "num_cpus_per_worker",
+}
+
+
+def stage_dir(cfg: Config, fold: int, stage: str) -> Path:
+    """One training stage of one fold, keyed on its data, model, stage settings and upstream outputs."""
+    s = getattr(cfg.stages, stage)
+    upstream: list[str] = []
+    if stage == "gmp":
+        upstream.append(str(labels_dir(cfg, fold)))
+    init = getattr(s, "init", "pretrained")
+    if init != "pretrained":
+        upstream.append(str(stage_dir(cfg, fold, init)))
+    content = s.model_dump(mode="json", exclude=_RESOURCE_KEYS)
+    key = config_hash_of(
+        [to_dict(cfg.data), to_dict(cfg.folds), to_dict(cfg.model), stage, content, upstream]
+    )
+    return Path(cfg.output_dir) / "train" / stage / key / f"fold{fold}"
+
+
+def storage_path(cfg: Config) -> str:
+    """Where Ray Train persists checkpoints: runtime.storage_path, else <output_dir>/ray_results (absolute)."""
+    if cfg.runtime.storage_path:
+        return cfg.runtime.storage_path
+    return str((Path(cfg.output_dir) / "ray_results").resolve())

@@ -17,11 +17,14 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
-    kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
+    kwargs: dict = {"log_to_driver": True}
     if cfg.address:
         ray.init(address=cfg.address, **kwargs)
     else:
+        # The dashboard process also serves the state API Ray Train's placement-group cleaner polls
+        # (without it, it logs "Failed to query ... State API" every few seconds). Bound to localhost.
         ray.init(
+            dashboard_host="127.0.0.1",
             num_cpus=cfg.num_cpus,
             object_store_memory=cfg.object_store_mb * 1024**2 if cfg.object_store_mb else None,
             **kwargs,

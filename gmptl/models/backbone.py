@@ -114,3 +114,26 @@ def n_frames(model: PreTrainedModel, n_samples: int | torch.Tensor) -> torch.Ten
 def uses_attention_mask(model: PreTrainedModel) -> bool:
     """Group-norm CNNs (HuBERT/wav2vec2 base) were trained without one: transformers advises zero-padding only."""
     return model.config.feat_extract_norm == "layer"
+
+
+def backbone_config(cfg: ModelConfig, init_dir: str | Path | None = None) -> PretrainedConfig:
+    """The backbone's config without building its weights (frame geometry, depth)."""
+    if init_dir is not None:
+        return AutoConfig.from_pretrained(str(Path(init_dir)), local_files_only=True)
+    if cfg.backbone in PRESETS:
+        return preset_config(cfg.backbone, cfg.architecture)
+    try:
+        return AutoConfig.from_pretrained(cfg.backbone, local_files_only=cfg.offline)
+    except OSError:
+        load_pretrained(cfg.backbone, cfg.offline)  # raises the explanatory ConfigError
+        raise
+
+
+def frame_geometry(config: PretrainedConfig) -> tuple[int, int]:
+    """(hop, receptive field) in samples of the CNN front-end: (320, 400) for HuBERT at 16 kHz."""
+    hop, rf = 1, 1
+    for k, s in zip(reversed(config.conv_kernel), reversed(config.conv_stride), strict=True):
+        rf = (rf - 1) * s + k
+    for s in config.conv_stride:
+        hop *= s
+    return hop, rf

@@ -136,24 +136,28 @@ class UtteranceDataset(torch.utils.data.Dataset):
         geometry: Geometry,
         crop_samples: int | None,
         frame_labels: FrameLabels | None = None,
-        audio_cache: dict[str, np.ndarray] | None = None,
+        cache_limit_bytes: int = 0,
     ):
         self.items = list(items)
         self.sample_rate_hz = sample_rate_hz
         self.geometry = geometry
         self.crop_samples = crop_samples
         self.frame_labels = frame_labels
-        self.audio_cache = audio_cache
+        # Decoded audio kept in memory up to this many bytes (epochs re-read the same files).
+        self.cache_limit_bytes = cache_limit_bytes
+        self._cache: dict[str, np.ndarray] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _wave(self, it: Item) -> np.ndarray:
-        if self.audio_cache is not None and it.utt_id in self.audio_cache:
-            return self.audio_cache[it.utt_id]
+        if it.utt_id in self._cache:
+            return self._cache[it.utt_id]
         w = load_audio(it.path, self.sample_rate_hz)
-        if self.audio_cache is not None:
-            self.audio_cache[it.utt_id] = w
+        if self._cached_bytes + w.nbytes <= self.cache_limit_bytes:
+            self._cache[it.utt_id] = w
+            self._cached_bytes += w.nbytes
         return w
 
     def __getitem__(self, reqs: list[Request]) -> dict[str, torch.Tensor]:  # type: ignore[override]

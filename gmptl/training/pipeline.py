@@ -1,0 +1,250 @@
+"""``gmptl train --stage mtl|gmp|utterance``: one stage of one fold on Ray Train, logged to MLflow.
+
+Inputs: the manifest, the fold, the stage's upstream outputs (GMP labels for
+stage 1; the previous stage's model folder when ``init`` names one). Outputs,
+under ``paths.stage_dir``::
+
+    stage.json      what the next step reads: config hash, inputs, best epoch and score,
+                    validation metrics at the best epoch, the epoch history, run names
+    best/           the best epoch's model folder (backbone/ safetensors, heads, model.json)
+    confusion.png   validation confusion matrix of the best epoch (emotion stages)
+    curves.png      loss and validation metrics per epoch
+
+The Ray Train run is named ``<stage>-fold<i>-<hash>``: running the same config
+again resumes from its latest checkpoint in ``storage_path``; a finished stage
+(stage.json present) is not retrained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gmptl import paths, tracking
+from gmptl.config import STAGE_NAMES, Config, config_hash, save_config, to_dict
+from gmptl.data.folds import Fold
+from gmptl.errors import GmptlError
+from gmptl.models.backbone import backbone_config, frame_geometry
+from gmptl.models.factory import BACKBONE_DIR, SERModel, build_model, save_model
+from gmptl.training import data as tdata
+from gmptl.training.checkpoint import load_checkpoint
+from gmptl.training.stages import make_stage
+from gmptl.training.worker import FAULT_ENV
+
+log = logging.getLogger(__name__)
+
+STANDARD_ORDER = ("neutral", "happy", "sad", "angry")
+STAGE_JSON = "stage.json"
+
+
+class TrainingError(GmptlError):
+    """A stage could not start or its workers failed."""
+
+
+def class_names(df: pd.DataFrame) -> list[str]:
+    """Emotion classes in a fixed order: the 4-class standard first, then any others sorted."""
+    present = set(df.emotion.unique())
+    return [e for e in STANDARD_ORDER if e in present] + sorted(present - set(STANDARD_ORDER))
+
+
+def _rows(df: pd.DataFrame, labels: list[str], sr: int) -> list[dict[str, Any]]:
+    idx = {e: i for i, e in enumerate(labels)}
+    return [
+        asdict(tdata.Item(u, p, int(round(d * sr)), idx[e], 0 if g == "F" else 1))
+        for u, p, d, e, g in zip(df.utt_id, df.path, df.duration_s, df.emotion, df.gender, strict=True)
+    ]
+
+
+def _upstream(cfg: Config, fold: Fold, stage: str) -> tuple[str | None, str | None]:
+    """(init model folder, labels folder) this stage needs; errors name the command that makes them."""
+    s = getattr(cfg.stages, stage)
+    init = getattr(s, "init", "pretrained")
+    init_dir = None
+    if init != "pretrained":
+        up = paths.stage_dir(cfg, fold.index, init) / "best"
+        if not (up / BACKBONE_DIR / "config.json").is_file():
+            raise TrainingError(
+                f"stages.{stage}.init={init}: fold {fold.index} has no trained {init} model at {up}; run "
+                f"`gmptl train CONFIG --stage {init} --fold {fold.index}` first (or set stages.{stage}.init=pretrained)"
+            )
+        init_dir = str(up)
+    labels_dir = None
+    if stage == "gmp":
+        ld = paths.labels_dir(cfg, fold.index)
+        if not (ld / "labels.json").is_file():
+            raise TrainingError(
+                f"stage gmp: fold {fold.index} has no GMP frame labels at {ld}; run `gmptl label CONFIG` first"
+            )
+        labels_dir = str(ld)
+    return init_dir, labels_dir
+
+
+def train_stage(
+    cfg: Config, df: pd.DataFrame, fold: Fold, stage: str, parent: tracking.Run | None = None
+) -> dict[str, Any]:
+    """Train ``stage`` on ``fold`` (resuming if interrupted); returns the contents of stage.json."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from gmptl.runtime import ensure_ray
+    from gmptl.training.worker import train_loop_per_worker
+
+    if stage not in STAGE_NAMES:
+        raise TrainingError(f"--stage {stage!r}: expected one of {list(STAGE_NAMES)}")
+    out = paths.stage_dir(cfg, fold.index, stage)
+    if (out / STAGE_JSON).is_file():
+        log.info("stage %s fold %d: finished before (%s)", stage, fold.index, out)
+        return json.loads((out / STAGE_JSON).read_text())
+    s = getattr(cfg.stages, stage)
+    init_dir, labels_dir = _upstream(cfg, fold, stage)
+    labels = class_names(df)
+    sr = cfg.data.sample_rate_hz
+    train_df, val_df = fold.select(df, "train"), fold.select(df, "validation")
+    if train_df.empty or val_df.empty:
+        raise TrainingError(
+            f"fold {fold.index} ({fold.name}) has {len(train_df)} training and {len(val_df)} validation utterances"
+        )
+    hop, rf = frame_geometry(backbone_config(cfg.model, Path(init_dir) / BACKBONE_DIR if init_dir else None))
+    key = out.parent.name
+    run_name = f"{stage}-fold{fold.index}-{key}"
+
+    uri = None
+    run = None
+    if cfg.tracking.enabled:
+        uri = tracking.resolve_uri(cfg)
+        tracking.check_reachable(uri)  # before any worker starts
+        run = tracking.Run.open(
+            cfg.tracking, uri, run_key=run_name, run_name=f"{stage} fold{fold.index}",
+            params=to_dict(cfg) | {"job": {"stage": stage, "fold": fold.index, "fold_name": fold.name,
+                                           "n_train": len(train_df), "n_validation": len(val_df)}},
+            tags={"gmptl.stage": stage, "gmptl.fold": str(fold.index), "gmptl.config_hash": config_hash(cfg)},
+            parent=parent,
+        )  # fmt: skip
+    job = {
+        "config": to_dict(cfg),
+        "stage": stage,
+        "fold": fold.index,
+        "labels": labels,
+        "train": _rows(train_df, labels, sr),
+        "validation": _rows(val_df, labels, sr),
+        "ks": list(cfg.clustering.k) if stage == "gmp" else [],
+        "labels_dir": labels_dir,
+        "init_dir": init_dir,
+        "geometry": [hop, rf],
+        "mlflow": {"uri": uri, "run_id": run.run_id} if run else None,
+        "fault": os.environ.get(FAULT_ENV),
+    }
+    metric, mode = make_stage(stage, s, len(labels), job["ks"] or None).selection
+    ensure_ray(cfg.runtime)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.num_cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=paths.storage_path(cfg),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=s.checkpoints_to_keep,
+                checkpoint_score_attribute="score",
+                checkpoint_score_order=mode,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+        ),
+    )
+    log.info("stage %s fold %d: %d train / %d validation utterances, run %s", stage, fold.index,
+             len(train_df), len(val_df), run_name)  # fmt: skip
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        if run:
+            run.finish("FAILED")
+        raise TrainingError(
+            f"stage {stage} fold {fold.index} failed: {e}\n(rerun the same command to resume from the last "
+            f"checkpoint in {paths.storage_path(cfg)}/{run_name})"
+        ) from e
+    return _finish(cfg, stage, fold, out, result, metric, mode, labels, job, run, run_name)
+
+
+def _best(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
+    pairs = [(c, m) for c, m in (result.best_checkpoints or []) if m and m.get("score") is not None]
+    if not pairs:
+        raise TrainingError(f"{result.path}: the run reported no checkpoint with a score")
+    pick = max if mode == "max" else min
+    return pick(pairs, key=lambda cm: cm[1]["score"])
+
+
+def _finish(cfg: Config, stage: str, fold: Fold, out: Path, result: Any, metric: str, mode: str,
+            labels: list[str], job: dict[str, Any], run: tracking.Run | None, run_name: str) -> dict[str, Any]:  # fmt: skip
+    """Export the best epoch as a model folder, draw the figures, write stage.json, log artifacts."""
+    from gmptl.evaluation.plots import confusion_png, curves_png
+
+    ckpt, best = _best(result, metric, mode)
+    last_state: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        stage_obj = make_stage(stage, getattr(cfg.stages, stage), len(labels), job["ks"] or None)
+        model: SERModel = build_model(cfg.model, stage_obj.head_spec(), job["init_dir"])
+        with ckpt.as_directory() as d:
+            load_checkpoint(d, model)
+        save_model(model.eval(), Path(tmp) / "best", {"labels": labels, "stage": stage, "fold": fold.index,
+                                                      "best_epoch": best["epoch"], "config_hash": config_hash(cfg)})  # fmt: skip
+        if result.checkpoint is not None:
+            with result.checkpoint.as_directory() as d:
+                last_state = json.loads((Path(d) / "state.json").read_text())
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        shutil.move(str(Path(tmp) / "best"), out / "best")
+    history = last_state.get("history", [])
+    figures = (
+        {"curves": str(curves_png(history, out / "curves.png", f"{stage} fold {fold.index}"))}
+        if history
+        else {}
+    )
+    if best.get("val_confusion"):
+        cm = np.asarray(best["val_confusion"])
+        figures["confusion"] = str(confusion_png(cm, labels, out / "confusion.png",
+                                                 f"{stage} fold {fold.index} validation (epoch {best['epoch']})"))  # fmt: skip
+    manifest = {
+        "stage": stage,
+        "fold": fold.index,
+        "fold_name": fold.name,
+        "config_hash": config_hash(cfg),
+        "inputs": {"init_dir": job["init_dir"], "labels_dir": job["labels_dir"]},
+        "n_train": len(job["train"]),
+        "n_validation": len(job["validation"]),
+        "labels": labels,
+        "selection": {"metric": metric, "mode": mode},
+        "best_epoch": best["epoch"],
+        "best_score": best["score"],
+        "best_metrics": {k: v for k, v in best.items() if isinstance(v, (int, float))},
+        "epochs_run": last_state.get("epoch"),
+        "history": history,
+        "model_dir": str(out / "best"),
+        "figures": figures,
+        "ray_run": str(result.path),
+        "mlflow_run_id": run.run_id if run else None,
+    }
+    save_config(cfg, out / "config.yaml")
+    (out / STAGE_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
+    if run:
+        run.log_artifact(out / "config.yaml")
+        run.log_artifact(out / STAGE_JSON)
+        for f in figures.values():
+            run.log_artifact(f)
+        run.log_artifact(out / "best", "best_model")
+        run.set_tags({"gmptl.best_epoch": str(best["epoch"])})
+        run.finish()
+    log.info("stage %s fold %d: best epoch %d, %s=%.4f -> %s", stage, fold.index, best["epoch"], metric,
+             best["score"], out)  # fmt: skip
+    return manifest

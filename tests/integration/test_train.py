@@ -1,0 +1,125 @@
+"""Ray Train stages end to end on the synthetic corpus (2 CPU workers, gloo DDP), read back through MLflow."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from gmptl.config import load_config
+from gmptl.data.folds import make_folds
+from gmptl.data.manifest import read_manifest
+from gmptl.experiment import run_experiment, step_prepare
+from gmptl.training.pipeline import TrainingError, train_stage
+from gmptl.training.worker import FAULT_ENV
+
+pytestmark = pytest.mark.integration
+
+SMALL = [
+    "data.synth.n_utterances=60",
+    "stages.mtl.crop_s=1.0",
+    "stages.mtl.batch_size=8",
+    "stages.mtl.lr=2e-3",
+    "stages.mtl.dropout=0.0",
+    "stages.mtl.patience=null",
+]
+
+
+def _setup(tmp_path, extra=()):
+    cfg = load_config("jobs/demo.yaml", [f"output_dir={tmp_path}", *SMALL, *extra])
+    manifest, _ = step_prepare(cfg, {})
+    df = read_manifest(manifest)
+    return cfg, df, make_folds(df, cfg.folds)
+
+
+def _mlflow_client(cfg):
+    from mlflow.tracking import MlflowClient
+
+    from gmptl.tracking import resolve_uri
+
+    return MlflowClient(tracking_uri=resolve_uri(cfg))
+
+
+def test_mtl_ddp_lowers_loss_and_logs_to_mlflow(ray_session, tmp_path):
+    cfg, df, folds = _setup(tmp_path, ["stages.mtl.epochs=3"])
+    m = train_stage(cfg, df, folds[0], "mtl")
+    hist = m["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert all(np.isfinite(h["val_loss"]) for h in hist)
+    n_val = int((folds[0].part_of(df) == "validation").sum())
+    assert m["n_validation"] == n_val
+    assert m["best_epoch"] in (1, 2, 3) and m["selection"] == {"metric": "val_uar", "mode": "max"}
+    best = m["model_dir"]
+    assert {p.name for p in (tmp_path / "train").rglob("*") if p.parent.name == "best"} >= {
+        "backbone", "heads.safetensors", "model.json"}  # fmt: skip
+
+    client = _mlflow_client(cfg)
+    run = client.get_run(m["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["stages.mtl.lr"] == "0.002" and run.data.params["job.fold"] == "0"
+    train_loss = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [x.step for x in sorted(train_loss, key=lambda x: x.step)] == [1, 2, 3]
+    for name in ("val_uar", "val_war", "lr", "train_audio_s_per_s", "train_padding_waste"):
+        assert len(client.get_metric_history(run.info.run_id, name)) == 3, name
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "stage.json", "curves.png", "confusion.png", "best_model"} <= arts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "best_model")} >= {
+        "best_model/heads.safetensors", "best_model/model.json", "best_model/backbone"}  # fmt: skip
+    # finished stages are not retrained
+    assert train_stage(cfg, df, folds[0], "mtl")["model_dir"] == best
+
+
+def test_resume_after_failure_equals_uninterrupted_run(ray_session, tmp_path, monkeypatch):
+    runs = {}
+    for name in ("whole", "resumed"):
+        cfg, df, folds = _setup(tmp_path / name, ["stages.mtl.epochs=2", "stages.mtl.max_failures=0"])
+        if name == "resumed":
+            monkeypatch.setenv(FAULT_ENV, f"1:{tmp_path / 'fired'}")
+            with pytest.raises(TrainingError, match="rerun the same command to resume"):
+                train_stage(cfg, df, folds[0], "mtl")
+            assert (tmp_path / "fired").is_file()
+        runs[name] = train_stage(cfg, df, folds[0], "mtl")  # resumes from the epoch-1 checkpoint
+    whole, resumed = runs["whole"], runs["resumed"]
+    assert len(resumed["history"]) == 2
+    for a, b in zip(whole["history"], resumed["history"], strict=True):
+        for key in ("train_loss", "val_loss", "val_uar", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    wa = load_file(f"{whole['model_dir']}/heads.safetensors")
+    wb = load_file(f"{resumed['model_dir']}/heads.safetensors")
+    for k in wa:
+        assert np.allclose(wa[k].numpy(), wb[k].numpy(), atol=1e-5), k
+    # the MLflow run was continued, not duplicated
+    client = _mlflow_client(cfg)
+    assert client.get_run(resumed["mlflow_run_id"]).info.status == "FINISHED"
+    steps = sorted({x.step for x in client.get_metric_history(resumed["mlflow_run_id"], "train_loss")})
+    assert steps == [1, 2]
+
+
+def test_worker_failure_is_retried_by_failure_config(ray_session, tmp_path, monkeypatch):
+    cfg, df, folds = _setup(tmp_path, ["stages.mtl.epochs=2", "stages.mtl.max_failures=1"])
+    monkeypatch.setenv(FAULT_ENV, f"1:{tmp_path / 'fired'}")
+    m = train_stage(cfg, df, folds[0], "mtl")
+    assert (tmp_path / "fired").is_file() and [h["epoch"] for h in m["history"]] == [1, 2]
+
+
+def test_gmp_then_utterance_stage(ray_session, tmp_path):
+    extra = ["clustering.k=[8,16]", "clustering.max_frames=20000", "clustering.n_iter=3",
+             "stages.gmp.epochs=1", "stages.gmp.crop_s=1.0", "stages.gmp.batch_size=8", "stages.gmp.num_workers=1",
+             "stages.utterance.epochs=1", "stages.utterance.crop_s=1.0", "stages.utterance.batch_size=8",
+             "stages.utterance.num_workers=1", "folds.scheme=speaker_kfold", "folds.n_folds=2"]  # fmt: skip
+    cfg, df, folds = _setup(tmp_path, extra)
+    with pytest.raises(TrainingError, match="gmptl label"):
+        train_stage(cfg, df, folds[0], "gmp")
+    with pytest.raises(TrainingError, match="--stage gmp --fold 0"):
+        train_stage(cfg, df, folds[0], "utterance")
+    run_experiment(cfg, until="label")
+    gmp = train_stage(cfg, df, folds[0], "gmp")
+    h = gmp["history"][0]
+    assert gmp["selection"] == {"metric": "val_loss", "mode": "min"}
+    assert {"train_ce_k8", "train_ce_k16", "val_frame_acc_k8", "val_frame_acc_k16"} <= set(h)
+    assert np.isfinite(h["train_loss"]) and 0 <= h["val_frame_acc_k16"] <= 1
+    utt = train_stage(cfg, df, folds[0], "utterance")
+    assert utt["inputs"]["init_dir"] == gmp["model_dir"]
+    assert json.loads((tmp_path / utt["model_dir"] / "model.json").read_text())["spec"]["utterance_heads"][
+        "emotion"]["type"] == "cosine"  # fmt: skip
