@@ -40,16 +40,34 @@ def _mlflow_client(cfg):
     return MlflowClient(tracking_uri=resolve_uri(cfg))
 
 
-def test_mtl_ddp_lowers_loss_and_logs_to_mlflow(ray_session, tmp_path):
-    cfg, df, folds = _setup(tmp_path, ["stages.mtl.epochs=3"])
-    m = train_stage(cfg, df, folds[0], "mtl")
+@pytest.fixture(scope="module")
+def uninterrupted(ray_session, tmp_path_factory):
+    """One uninterrupted 2-epoch, 2-worker stage-0 run: the reference the resume tests compare with."""
+    tmp = tmp_path_factory.mktemp("whole")
+    cfg, df, folds = _setup(tmp, ["stages.mtl.epochs=2"])
+    return tmp, cfg, df, folds, train_stage(cfg, df, folds[0], "mtl")
+
+
+def _assert_same_run(whole, other):
+    assert [h["epoch"] for h in other["history"]] == [1, 2]
+    for a, b in zip(whole["history"], other["history"], strict=True):
+        for key in ("train_loss", "val_loss", "val_uar", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    wa = load_file(f"{whole['model_dir']}/heads.safetensors")
+    wb = load_file(f"{other['model_dir']}/heads.safetensors")
+    for k in wa:
+        assert np.allclose(wa[k].numpy(), wb[k].numpy(), atol=1e-5), k
+
+
+def test_mtl_ddp_lowers_loss_and_logs_to_mlflow(uninterrupted):
+    tmp_path, cfg, df, folds, m = uninterrupted
     hist = m["history"]
-    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert [h["epoch"] for h in hist] == [1, 2]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert all(np.isfinite(h["val_loss"]) for h in hist)
     n_val = int((folds[0].part_of(df) == "validation").sum())
     assert m["n_validation"] == n_val
-    assert m["best_epoch"] in (1, 2, 3) and m["selection"] == {"metric": "val_uar", "mode": "max"}
+    assert m["best_epoch"] in (1, 2) and m["selection"] == {"metric": "val_uar", "mode": "max"}
     best = m["model_dir"]
     assert {p.name for p in (tmp_path / "train").rglob("*") if p.parent.name == "best"} >= {
         "backbone", "heads.safetensors", "model.json"}  # fmt: skip
@@ -59,9 +77,9 @@ def test_mtl_ddp_lowers_loss_and_logs_to_mlflow(ray_session, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["stages.mtl.lr"] == "0.002" and run.data.params["job.fold"] == "0"
     train_loss = client.get_metric_history(run.info.run_id, "train_loss")
-    assert [x.step for x in sorted(train_loss, key=lambda x: x.step)] == [1, 2, 3]
+    assert [x.step for x in sorted(train_loss, key=lambda x: x.step)] == [1, 2]
     for name in ("val_uar", "val_war", "lr", "train_audio_s_per_s", "train_padding_waste"):
-        assert len(client.get_metric_history(run.info.run_id, name)) == 3, name
+        assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "stage.json", "curves.png", "confusion.png", "best_model"} <= arts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "best_model")} >= {
@@ -70,37 +88,27 @@ def test_mtl_ddp_lowers_loss_and_logs_to_mlflow(ray_session, tmp_path):
     assert train_stage(cfg, df, folds[0], "mtl")["model_dir"] == best
 
 
-def test_resume_after_failure_equals_uninterrupted_run(ray_session, tmp_path, monkeypatch):
-    runs = {}
-    for name in ("whole", "resumed"):
-        cfg, df, folds = _setup(tmp_path / name, ["stages.mtl.epochs=2", "stages.mtl.max_failures=0"])
-        if name == "resumed":
-            monkeypatch.setenv(FAULT_ENV, f"1:{tmp_path / 'fired'}")
-            with pytest.raises(TrainingError, match="rerun the same command to resume"):
-                train_stage(cfg, df, folds[0], "mtl")
-            assert (tmp_path / "fired").is_file()
-        runs[name] = train_stage(cfg, df, folds[0], "mtl")  # resumes from the epoch-1 checkpoint
-    whole, resumed = runs["whole"], runs["resumed"]
-    assert len(resumed["history"]) == 2
-    for a, b in zip(whole["history"], resumed["history"], strict=True):
-        for key in ("train_loss", "val_loss", "val_uar", "lr"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-    wa = load_file(f"{whole['model_dir']}/heads.safetensors")
-    wb = load_file(f"{resumed['model_dir']}/heads.safetensors")
-    for k in wa:
-        assert np.allclose(wa[k].numpy(), wb[k].numpy(), atol=1e-5), k
-    # the MLflow run was continued, not duplicated
-    client = _mlflow_client(cfg)
+def test_restart_with_same_run_name_resumes_and_equals_uninterrupted(uninterrupted, tmp_path, monkeypatch):
+    cfg, df, folds = _setup(tmp_path, ["stages.mtl.epochs=2", "stages.mtl.max_failures=0"])
+    monkeypatch.setenv(FAULT_ENV, f"1:{tmp_path / 'fired'}")
+    with pytest.raises(TrainingError, match="rerun the same command to resume"):
+        train_stage(cfg, df, folds[0], "mtl")
+    assert (tmp_path / "fired").is_file()
+    resumed = train_stage(cfg, df, folds[0], "mtl")  # same run name: continues after epoch 1
+    _assert_same_run(uninterrupted[-1], resumed)
+    client = _mlflow_client(cfg)  # the MLflow run was continued, not duplicated
     assert client.get_run(resumed["mlflow_run_id"]).info.status == "FINISHED"
     steps = sorted({x.step for x in client.get_metric_history(resumed["mlflow_run_id"], "train_loss")})
     assert steps == [1, 2]
+    assert len(client.search_runs([client.get_experiment_by_name("gmptl").experiment_id])) == 1
 
 
-def test_worker_failure_is_retried_by_failure_config(ray_session, tmp_path, monkeypatch):
+def test_worker_failure_is_retried_by_failure_config(uninterrupted, tmp_path, monkeypatch):
     cfg, df, folds = _setup(tmp_path, ["stages.mtl.epochs=2", "stages.mtl.max_failures=1"])
     monkeypatch.setenv(FAULT_ENV, f"1:{tmp_path / 'fired'}")
     m = train_stage(cfg, df, folds[0], "mtl")
-    assert (tmp_path / "fired").is_file() and [h["epoch"] for h in m["history"]] == [1, 2]
+    assert (tmp_path / "fired").is_file()
+    _assert_same_run(uninterrupted[-1], m)
 
 
 def test_gmp_then_utterance_stage(ray_session, tmp_path):
