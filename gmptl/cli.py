@@ -126,21 +126,28 @@ def folds(manifest: str, out: str | None, as_json: bool, config: str | None, set
 
 @cli.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--until", type=click.Choice(["folds", "mtl", "extract", "cluster", "label", "gmp", "utterance"]),
+              default="utterance", show_default=True, help="Stop after this step.")  # fmt: skip
 @_set_option
-def run(config_file: str, sets: tuple[str, ...]) -> None:
-    """Run the experiment of CONFIG_FILE: every implemented step, cached by config hash."""
+def run(config_file: str, until: str, sets: tuple[str, ...]) -> None:
+    """Run the experiment of CONFIG_FILE: every step per fold, each cached by config hash (resumable)."""
     from gmptl.experiment import run_experiment
 
     cfg = _load(config_file, sets)
-    out = run_experiment(cfg)
+    out = run_experiment(cfg, until=until)
     click.echo(_format_summary(out.summary))
     click.echo("")
     click.echo(_format_folds(out.fold_rows))
     click.echo("")
     click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
     click.echo(f"corpus:   {out.corpus_root}\nmanifest: {out.manifest}\nfolds:    {out.folds}")
-    if out.extract is not None:
-        click.echo(f"features: {out.extract.folder} ({out.extract.n_utterances} utterances)")
+    for res in out.extract:
+        click.echo(f"features: {res.folder} ({res.n_utterances} utterances)")
+    for stage, manifests in out.trained.items():
+        for m in manifests:
+            click.echo(
+                f"{stage} fold {m['fold']}: best epoch {m['best_epoch']} {_best_line(m)} -> {m['model_dir']}"
+            )
 
 
 @cli.command()
@@ -151,13 +158,12 @@ def extract(config_file: str, sets: tuple[str, ...]) -> None:
     from gmptl.experiment import run_experiment
 
     out = run_experiment(_load(config_file, sets), until="extract")
-    res = out.extract
-    assert res is not None
-    click.echo(
-        f"features: {res.folder}\nshards: {res.n_shards} ({res.n_computed} computed, {res.n_cached} cached, "
-        f"{res.n_recomputed} repaired)   utterances: {res.n_utterances}   audio: {res.audio_s / 60:.1f} min   "
-        f"wall: {res.wall_s:.1f} s"
-    )
+    for res in out.extract:
+        click.echo(
+            f"features: {res.folder}\nshards: {res.n_shards} ({res.n_computed} computed, {res.n_cached} cached, "
+            f"{res.n_recomputed} repaired)   utterances: {res.n_utterances}   audio: {res.audio_s / 60:.1f} min   "
+            f"wall: {res.wall_s:.1f} s"
+        )
 
 
 def _run_until(config_file: str, sets: tuple[str, ...], until: str) -> None:
@@ -166,9 +172,10 @@ def _run_until(config_file: str, sets: tuple[str, ...], until: str) -> None:
 
     cfg = _load(config_file, sets)
     out = run_experiment(cfg, until=until)
-    folder = paths.clusters_dir(cfg, 0) if until == "cluster" else paths.labels_dir(cfg, 0)
     click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
-    click.echo(f"{until} outputs: {folder.parent}")
+    for i in range(len(out.fold_rows)):
+        folder = paths.clusters_dir(cfg, i) if until == "cluster" else paths.labels_dir(cfg, i)
+        click.echo(f"{until} outputs, fold {i}: {folder}")
 
 
 @cli.command()
@@ -199,10 +206,15 @@ def train(config_file: str, stage: str, fold_sel: str, sets: tuple[str, ...]) ->
 
     cfg = _load(config_file, sets)
     for m in train_folds(cfg, stage, fold_sel):
-        bm = m["best_metrics"]
-        shown = ", ".join(f"{k}={bm[k]:.3f}" for k in ("val_war", "val_uar", "val_loss") if k in bm)
-        click.echo(f"{stage} fold {m['fold']} ({m['fold_name']}): best epoch {m['best_epoch']}: {shown}")
+        click.echo(
+            f"{stage} fold {m['fold']} ({m['fold_name']}): best epoch {m['best_epoch']}: {_best_line(m)}"
+        )
         click.echo(f"  model: {m['model_dir']}")
+
+
+def _best_line(m: dict) -> str:
+    bm = m["best_metrics"]
+    return ", ".join(f"{k}={bm[k]:.3f}" for k in ("val_war", "val_uar", "val_loss") if k in bm)
 
 
 @cli.command("config")

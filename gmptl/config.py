@@ -171,6 +171,11 @@ class ModelConfig(_Section):
 class FeatureConfig(_Section):
     """Frame features for the GMP k-means (METHOD.md step 1)."""
 
+    source: Literal["mtl", "pretrained"] = Field(
+        "mtl",
+        description="`mtl`: each fold's stage-0 (emotion + gender) model, which is what makes the pseudo-labels "
+        "gender-augmented (METHOD.md); `pretrained`: model.backbone as is, shared by all folds.",
+    )
     layers: list[int] = Field(
         default_factory=lambda: [10],
         description="Transformer layers to keep, 1-based: 1 = first transformer layer = transformers' "

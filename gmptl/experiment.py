@@ -1,11 +1,12 @@
 """``gmptl run``: the cross-validated experiment, step by step, each step cached by config hash.
 
-Steps so far: synthetic corpus (when ``data.corpus`` is ``synthetic``) -> manifest
--> folds -> frame features of the configured backbone -> per fold: multi-scale
-k-means on the training speakers' frames -> frame pseudo-labels. Training and
-evaluation join this driver as they land (issues 4-5); each step reads the
-previous step's outputs from ``gmptl.paths`` and is skipped when its outputs for
-the same config hash exist.
+Steps: synthetic corpus (when ``data.corpus`` is ``synthetic``) -> manifest ->
+folds -> per fold: stage 0 (MTL) -> frame features of the fold's stage-0 model
+(or of ``model.backbone`` for all folds, ``features.source=pretrained``) ->
+multi-scale k-means on the training speakers' frames -> frame pseudo-labels ->
+stage 1 (GMP) -> stage 2 (AM-Softmax). Test evaluation and the report join with
+issue 5. Each step reads the previous step's outputs from ``gmptl.paths`` and is
+skipped when its outputs for the same config hash exist.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gmptl import paths
-from gmptl.config import Config, config_hash, save_config, to_dict
+from gmptl.config import Config, ModelConfig, config_hash, save_config, to_dict
 from gmptl.data.corpora.iemocap import read_synthetic_marker
 from gmptl.data.folds import Fold, fold_table, make_folds, write_folds
 from gmptl.data.manifest import read_manifest
@@ -28,6 +29,7 @@ from gmptl.data.prepare import prepare_manifest, report_path_for
 from gmptl.data.synth import synthesize_corpus
 from gmptl.errors import ConfigError
 from gmptl.features.pipeline import ExtractResult
+from gmptl.models.factory import BACKBONE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,8 @@ class RunOutputs:
     summary: dict[str, Any]
     fold_rows: list[dict[str, Any]]
     steps: dict[str, str]  # step -> "ran" | "cached"
-    extract: ExtractResult | None = None
+    extract: list[ExtractResult]
+    trained: dict[str, list[dict[str, Any]]]  # stage -> stage.json of each fold
 
 
 def ensure_synthetic_corpus(cfg: Config, root: Path) -> str:
@@ -78,19 +81,33 @@ def step_prepare(cfg: Config, steps: dict[str, str]) -> tuple[Path, dict[str, An
     return manifest, prepare_manifest(cfg.data, root, manifest, full_config=cfg).summary.as_dict()
 
 
-def step_extract(cfg: Config, df: pd.DataFrame, steps: dict[str, str]) -> ExtractResult:
-    """Frame features of every manifest utterance from the configured backbone; shard-level resume."""
+def step_extract(
+    cfg: Config, df: pd.DataFrame, steps: dict[str, str], fold: Fold | None = None
+) -> ExtractResult:
+    """Frame features (model.backbone, or the fold's stage-0 model); shard-level resume.
+
+    With ``features.source=mtl`` only the utterances the fold uses (train, validation, test) are encoded.
+    """
     from gmptl.features.pipeline import extract_features
 
+    model_cfg = cfg.model
+    rows = df
+    model_dir = paths.extraction_model_dir(cfg, fold.index if fold else None)
+    if model_dir is not None:
+        assert fold is not None
+        model_cfg = ModelConfig(backbone=str(model_dir / BACKBONE_DIR), offline=True)
+        rows = df[fold.part_of(df).to_numpy() != ""]
     res = extract_features(
-        df,
-        cfg.model,
+        rows,
+        model_cfg,
         cfg.features,
         cfg.runtime,
-        paths.features_dir(cfg),
+        paths.features_dir(cfg, fold.index if fold else None),
         cfg.data.sample_rate_hz,
     )
-    steps["extract"] = "cached" if res.n_computed == 0 else "ran"
+    steps["extract" + (f"[{fold.name}]" if model_dir is not None else "")] = (
+        "cached" if res.n_computed == 0 else "ran"
+    )
     return res
 
 
@@ -112,7 +129,9 @@ def step_cluster(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, str
     if (done := _cached(steps, f"cluster[{fold.name}]", out / "kmeans.json")) is not None:
         return done
     train = fold.select(df, "train").utt_id.tolist()
-    return fit_codebooks(paths.features_dir(cfg), train, cluster_layer(cfg), cfg.clustering, cfg.runtime, out)
+    return fit_codebooks(
+        paths.features_dir(cfg, fold.index), train, cluster_layer(cfg), cfg.clustering, cfg.runtime, out
+    )
 
 
 def step_label(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, str]) -> dict[str, Any]:
@@ -127,7 +146,9 @@ def step_label(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, str])
     centroids = {k: np.load(cdir / f"L{layer}_k{k}.npy") for k in cfg.clustering.k}
     part = fold.part_of(df)
     parts = pd.Series(part.to_numpy(), index=df.utt_id)[part.to_numpy() != ""]
-    index = assign_labels(paths.features_dir(cfg), centroids, layer, parts, cfg.clustering, cfg.runtime, out)
+    index = assign_labels(
+        paths.features_dir(cfg, fold.index), centroids, layer, parts, cfg.clustering, cfg.runtime, out
+    )
     report = {"layer": layer, "n_utterances": int(len(index)), "quality": label_quality(cfg, df, out, index)}
     (out / "labels.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -179,8 +200,36 @@ def train_folds(cfg: Config, stage: str, fold_sel: str = "all") -> list[dict[str
     return [train_stage(cfg, df, fold, stage) for fold in chosen]
 
 
-def run_experiment(cfg: Config, until: str | None = None) -> RunOutputs:
-    """Run the steps in order (``until`` stops after the named step), each cached by config hash."""
+STEPS = ("folds", "mtl", "extract", "cluster", "label", "gmp", "utterance")
+
+
+def _stage_needed(cfg: Config, until: str) -> set[str]:
+    """Training stages the run needs up to ``until`` (stage 0 only when features come from it or stage 1/2 start from it)."""
+    upto = set(STEPS[: STEPS.index(until) + 1])
+    stages = {s for s in ("gmp", "utterance") if s in upto}
+    if "utterance" in stages and cfg.stages.utterance.init != "gmp":
+        stages.discard("gmp")
+        if cfg.stages.utterance.init == "mtl":
+            stages.add("mtl")
+    if "gmp" in stages and cfg.stages.gmp.init == "mtl":
+        stages.add("mtl")
+    needs_labels = "gmp" in stages or until in ("extract", "cluster", "label")
+    if needs_labels and cfg.features.source == "mtl" or until == "mtl":
+        stages.add("mtl")
+    return stages
+
+
+def run_experiment(cfg: Config, until: str = "utterance") -> RunOutputs:
+    """Run the steps in order up to ``until`` (see STEPS), each cached by config hash.
+
+    Per fold: stage 0 (when needed) -> features -> k-means -> labels -> stage 1 -> stage 2.
+    Steps a configuration does not need are skipped: with stages.utterance.init=pretrained
+    (plain fine-tuning) nothing before stage 2 runs.
+    """
+    from gmptl.training.pipeline import train_stage
+
+    if until not in STEPS:
+        raise ConfigError(f"until={until!r}: expected one of {list(STEPS)}")
     steps: dict[str, str] = {}
     save_config(cfg, paths.resolved_config_path(cfg))
     manifest, summary = step_prepare(cfg, steps)
@@ -189,15 +238,32 @@ def run_experiment(cfg: Config, until: str | None = None) -> RunOutputs:
     folds = make_folds(df, cfg.folds)  # cheap; always rebuilt and re-checked for leakage
     steps["folds"] = "cached" if folds_file.is_file() else "ran"
     write_folds(df, folds, cfg.folds, folds_file)
-    extract = None
-    if until != "folds":
-        extract = step_extract(cfg, df, steps)
-    if until not in ("folds", "extract"):
-        for fold in folds:
-            step_cluster(cfg, df, fold, steps)
-            if until != "cluster":
-                step_label(cfg, df, fold, steps)
+    stages = _stage_needed(cfg, until)
+    need_labels = until in ("extract", "cluster", "label") or "gmp" in stages
+    extract: list[ExtractResult] = []
+    trained: dict[str, list[dict[str, Any]]] = {}
+
+    def train(stage: str, fold: Fold) -> None:
+        done = (paths.stage_dir(cfg, fold.index, stage) / "stage.json").is_file()
+        trained.setdefault(stage, []).append(train_stage(cfg, df, fold, stage))
+        steps[f"{stage}[{fold.name}]"] = "cached" if done else "ran"
+
+    if need_labels and cfg.features.source == "pretrained":
+        extract.append(step_extract(cfg, df, steps))
+    for fold in folds:
+        if "mtl" in stages:
+            train("mtl", fold)
+        if need_labels and until != "mtl":
+            if cfg.features.source == "mtl":
+                extract.append(step_extract(cfg, df, steps, fold))
+            if until != "extract":
+                step_cluster(cfg, df, fold, steps)
+                if until != "cluster":
+                    step_label(cfg, df, fold, steps)
+        for stage in ("gmp", "utterance"):
+            if stage in stages:
+                train(stage, fold)
     log.info("run %s: %s", config_hash(cfg), steps)
     return RunOutputs(
-        paths.corpus_root(cfg), manifest, folds_file, summary, fold_table(df, folds), steps, extract
+        paths.corpus_root(cfg), manifest, folds_file, summary, fold_table(df, folds), steps, extract, trained
     )

@@ -6,7 +6,7 @@ that produced them, so a changed config can never pick up a stale result::
     <output_dir>/synthetic_corpus/<synth hash>/         the generated corpus (data.corpus=synthetic)
     <output_dir>/data/<data hash>/manifest.parquet      + manifest.report.json, manifest.config.yaml
     <output_dir>/folds/<data+folds hash>/folds.json
-    <output_dir>/features/<data+model hash>/<features hash>/   feature shards + index.parquet
+    <output_dir>/features/<data+model[+stage-0 fold model] hash>/<features hash>/   shards + index.parquet
     <output_dir>/clusters/<features+folds+clustering hash>/fold<i>/   L<layer>_k<K>.npy, kmeans.json
     <output_dir>/labels/<same hash>/fold<i>/             frame-label shards, index.parquet, labels.json
     <output_dir>/train/<stage>/<hash>/fold<i>/          stage.json, best/ (model folder), figures
@@ -37,16 +37,29 @@ def folds_path(cfg: Config) -> Path:
     return Path(cfg.output_dir) / "folds" / config_hash(cfg.data, cfg.folds) / "folds.json"
 
 
-def features_dir(cfg: Config) -> Path:
+def features_dir(cfg: Config, fold: int | None = None) -> Path:
+    """Frame features: one folder for all folds (features.source=pretrained) or one per fold's stage-0 model."""
     # Resource settings (worker counts) do not change the features; the device does (bf16 on GPU).
     content = cfg.features.model_dump(exclude={"num_workers", "num_cpus_per_worker", "num_gpus_per_worker"})
     content["on_gpu"] = cfg.features.num_gpus_per_worker > 0
-    return Path(cfg.output_dir) / "features" / config_hash(cfg.data, cfg.model) / config_hash_of(content)
+    source = [to_dict(cfg.data), to_dict(cfg.model)]
+    if cfg.features.source == "mtl":
+        if fold is None:
+            raise ValueError(
+                "features.source=mtl: features belong to one fold's stage-0 model; pass the fold"
+            )
+        source.append(str(stage_dir(cfg, fold, "mtl")))
+    return Path(cfg.output_dir) / "features" / config_hash_of(source) / config_hash_of(content)
+
+
+def extraction_model_dir(cfg: Config, fold: int | None) -> Path | None:
+    """The model folder features are extracted with: the fold's stage-0 best model, or None (model.backbone)."""
+    return stage_dir(cfg, fold, "mtl") / "best" if cfg.features.source == "mtl" and fold is not None else None
 
 
 def clusters_dir(cfg: Config, fold: int) -> Path:
     """Codebooks of one fold: keyed on the features they were fitted on and the clustering section."""
-    feats = features_dir(cfg)
+    feats = features_dir(cfg, fold)
     key = config_hash_of([str(feats), to_dict(cfg.folds), to_dict(cfg.clustering)])
     return Path(cfg.output_dir) / "clusters" / key / f"fold{fold}"
 

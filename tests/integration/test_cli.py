@@ -78,9 +78,10 @@ def test_run_demo_config_then_cached(tmp_path):
         "clustering.n_iter=3",
         "folds.scheme=speaker_kfold",  # 2 folds instead of 5 keep this test short
         "folds.n_folds=2",
+        "features.source=pretrained",  # k-means on model.backbone: no stage-0 training in this test
     ]
     sets = [a for item in small for a in ("--set", item)]
-    cmd = [*GMPTL, "run", "jobs/demo.yaml", *sets]
+    cmd = [*GMPTL, "run", "jobs/demo.yaml", "--until", "label", *sets]
     first = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     steps = (
         "synth (ran), prepare (ran), folds (ran), extract (ran), cluster[kfold1] (ran), label[kfold1] (ran)"
@@ -94,7 +95,10 @@ def test_run_demo_config_then_cached(tmp_path):
         alone = subprocess.run(
             [*GMPTL, step, "jobs/demo.yaml", *sets], capture_output=True, text=True, check=True, env=env
         )
-        assert f"{step}[kfold2] (cached)" in alone.stdout and f"{step} outputs: {tmp_path}" in alone.stdout
+        assert (
+            f"{step}[kfold2] (cached)" in alone.stdout
+            and f"{step} outputs, fold 1: {tmp_path}" in alone.stdout
+        )
     assert (tmp_path / "config.yaml").is_file()
     folds = json.loads(next((tmp_path / "folds").glob("*/folds.json")).read_text())
     assert len(folds["folds"]) == 2 and sum(f["n_test"] for f in folds["folds"]) == 40

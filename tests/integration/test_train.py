@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from gmptl import paths
 from gmptl.config import load_config
+from gmptl.data.audio import load_audio
+from gmptl.features.extractor import FeatureExtractor
+from gmptl.features.store import FeatureStore
+from gmptl.models.factory import build_model, save_model
 from gmptl.data.folds import make_folds
 from gmptl.data.manifest import read_manifest
 from gmptl.experiment import run_experiment, step_prepare
@@ -121,7 +126,24 @@ def test_gmp_then_utterance_stage(ray_session, tmp_path):
         train_stage(cfg, df, folds[0], "gmp")
     with pytest.raises(TrainingError, match="--stage gmp --fold 0"):
         train_stage(cfg, df, folds[0], "utterance")
-    run_experiment(cfg, until="label")
+    # Stage 0 of each fold stands in as a saved tiny model with other weights (its training is tested
+    # above): features.source=mtl must extract with exactly that model, per fold.
+    stand_ins = {}
+    for fold in folds:
+        d = paths.stage_dir(cfg, fold.index, "mtl")
+        seed_cfg = load_config("jobs/demo.yaml", [f"model.init_seed={10 + fold.index}"]).model
+        stand_ins[fold.index] = build_model(seed_cfg, {"utterance_heads": {}})
+        save_model(stand_ins[fold.index], d / "best")
+        (d / "stage.json").write_text(json.dumps({"fold": fold.index, "model_dir": str(d / "best")}))
+    out = run_experiment(cfg, until="label")
+    assert out.steps["mtl[kfold1]"] == "cached" and out.steps["extract[kfold1]"] == "ran"
+    assert paths.features_dir(cfg, 0) != paths.features_dir(cfg, 1)
+    utt = df.utt_id[folds[0].part_of(df).to_numpy() == "train"].iloc[0]
+    stored = FeatureStore(paths.features_dir(cfg, 0)).get(utt, 2)
+    wave = load_audio(df.set_index("utt_id").path[utt])
+    mine = FeatureExtractor(cfg.model, cfg.features, model=stand_ins[0].backbone).encode([wave])[0][2]
+    base = FeatureExtractor(cfg.model, cfg.features).encode([wave])[0][2]
+    assert np.allclose(stored, mine, atol=2e-2) and not np.allclose(stored, base, atol=2e-2)
     gmp = train_stage(cfg, df, folds[0], "gmp")
     h = gmp["history"][0]
     assert gmp["selection"] == {"metric": "val_loss", "mode": "min"}
