@@ -9,12 +9,12 @@ from safetensors.torch import load_file
 from gmptl import paths
 from gmptl.config import load_config
 from gmptl.data.audio import load_audio
-from gmptl.features.extractor import FeatureExtractor
-from gmptl.features.store import FeatureStore
-from gmptl.models.factory import build_model, save_model
 from gmptl.data.folds import make_folds
 from gmptl.data.manifest import read_manifest
 from gmptl.experiment import run_experiment, step_prepare
+from gmptl.features.extractor import FeatureExtractor
+from gmptl.features.store import FeatureStore
+from gmptl.models.factory import build_model, save_model
 from gmptl.training.pipeline import TrainingError, train_stage
 from gmptl.training.worker import FAULT_ENV
 
