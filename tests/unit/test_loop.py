@@ -1,0 +1,58 @@
+"""The shared epoch loop in one process: it learns, and gradient accumulation equals one big batch."""
+
+import copy
+
+import torch
+
+from gmptl.config import load_config
+from gmptl.models.factory import build_model, configure_training
+from gmptl.training.loop import run_epoch
+from gmptl.training.stages import make_stage
+
+
+def _batch(idx, n=8000):
+    g = torch.Generator().manual_seed(0)
+    waves = torch.randn(8, n, generator=g) * 0.05
+    emotion = torch.arange(8) % 4
+    waves += (
+        (emotion[:, None] + 1) * 0.05 * torch.sin(torch.arange(n)[None, :] * 0.05 * (emotion[:, None] + 1))
+    )
+    return {"wave": waves[idx], "n_samples": torch.full((len(idx),), n), "emotion": emotion[idx],
+            "gender": (torch.arange(8) % 2)[idx]}  # fmt: skip
+
+
+def _setup(extra=()):
+    cfg = load_config("jobs/demo.yaml", ["stages.mtl.dropout=0.0", *extra])
+    stage = make_stage("mtl", cfg.stages.mtl, 4)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, stage.head_spec())
+    configure_training(model, cfg.stages.mtl)
+    return stage, model
+
+
+def test_training_epochs_lower_the_loss_and_eval_changes_nothing():
+    stage, model = _setup()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    batches = [_batch(torch.arange(0, 4)), _batch(torch.arange(4, 8))]
+    before = copy.deepcopy(model.state_dict())
+    ev = run_epoch(model, batches, stage, torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert ev.n_examples == 8 and ev.confusion.sum() == 8 and ev.n_steps == 0
+    losses = [run_epoch(model, batches, stage, torch.device("cpu"), optimizer=opt).loss_sum for _ in range(8)]
+    assert losses[-1] < 0.7 * losses[0]
+    assert run_epoch(model, batches, stage, torch.device("cpu")).metrics("val_")["val_padding_waste"] == 0.0
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    results = []
+    for accum, batches in (
+        (1, [_batch(torch.arange(8))]),
+        (2, [_batch(torch.arange(4)), _batch(torch.arange(4, 8))]),
+    ):
+        stage, model = _setup([f"stages.mtl.grad_accum_steps={accum}"])
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        stats = run_epoch(model, batches, stage, torch.device("cpu"), optimizer=opt)
+        assert stats.n_steps == 1
+        results.append(model.state_dict())
+    for k in results[0]:
+        assert torch.allclose(results[0][k], results[1][k], atol=1e-5), k
