@@ -103,8 +103,9 @@ def configure_training(model: SERModel, train: TrainConfig) -> None:
     """Freeze the CNN front-end (and the first N transformer layers); set dropout if configured."""
     bb = model.backbone
     if train.freeze_cnn:
-        for p in bb.feature_extractor.parameters():
-            p.requires_grad = False
+        # transformers' own switch: besides requires_grad it stops the encoder from asking autograd
+        # for gradients down to the waveform (a frozen CNN otherwise still runs its backward, ~1.5x slower).
+        bb.feature_extractor._freeze_parameters()
     layers = bb.encoder.layers
     if train.freeze_layers > len(layers):
         raise ValueError(f"freeze_layers={train.freeze_layers} exceeds the backbone's {len(layers)} layers")

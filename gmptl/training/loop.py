@@ -165,7 +165,9 @@ def run_epoch(
     stats = EpochStats(stage.n_emotions)
     t0 = time.perf_counter()
     accum = cfg.grad_accum_steps if train else 1
+    n_total = len(batches) if hasattr(batches, "__len__") else None
     pending = 0
+    seen = 0
     with torch.set_grad_enabled(train):
         for batch, last in _with_last(batches):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -174,7 +176,11 @@ def run_epoch(
                 n_fr = inner.n_frames(batch["n_samples"]).cpu()
                 width = int(inner.n_frames(torch.tensor(batch["wave"].shape[1])))
                 masked = span_mask(n_fr, width, cfg.mask_prob, cfg.mask_length, mask_gen).to(device)
+            # The loss of a micro-batch is divided by the size of its accumulation group: the last group
+            # of an epoch may be shorter than grad_accum_steps (needs len(batches) to know it).
+            group = accum if n_total is None else min(accum, n_total - (seen - pending))
             pending += 1
+            seen += 1
             # Sync (and step) every `accum` micro-batches and on the last one, so no gradient is dropped
             # and every rank steps on gradients averaged over all ranks.
             sync = not train or pending == accum or last
@@ -187,7 +193,7 @@ def run_epoch(
                 out = model(batch["wave"], batch["n_samples"], masked)
                 loss, parts = stage.loss(out, batch, masked)
             if train:
-                (loss / accum).backward()
+                (loss / group).backward()
                 if sync:
                     if cfg.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

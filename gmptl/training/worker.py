@@ -90,7 +90,9 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     sr = cfg.data.sample_rate_hz
     crop = int(stage_cfg.crop_s * sr) if stage_cfg.crop_s else None
     labels_of = _frame_labels(job)
-    cache_budget = int(stage_cfg.audio_cache_mb) * 2**20
+    # The cache lives in this process: DataLoader worker processes would each fill a copy that dies
+    # with the epoch's loader, so with loader_workers > 0 audio is re-read every epoch.
+    cache_budget = int(stage_cfg.audio_cache_mb) * 2**20 if stage_cfg.loader_workers == 0 else 0
     train_ds = tdata.UtteranceDataset(train_items, sr, geo, crop, labels_of, cache_limit_bytes=cache_budget)
     val_share = sorted(range(len(val_items)), key=lambda i: val_items[i].n_samples)[rank::world]
     val_ds = tdata.UtteranceDataset(

@@ -83,6 +83,7 @@ def test_freezing_and_dropout():
     configure_training(model, cfg.stages.mtl)
     bb = model.backbone
     assert not any(p.requires_grad for p in bb.feature_extractor.parameters())
+    assert bb.feature_extractor._requires_grad is False  # no backward through the frozen CNN at all
     assert not any(p.requires_grad for p in bb.encoder.layers[1].parameters())
     assert all(p.requires_grad for p in bb.encoder.layers[2].parameters())
     assert all(m.p == 0.3 for m in bb.modules() if isinstance(m, torch.nn.Dropout))
