@@ -22,19 +22,29 @@ from pathlib import Path
 from gmptl.config import Config, config_hash, config_hash_of, to_dict
 
 
+def output_dir(cfg: Config) -> Path:
+    """``output_dir`` made absolute: Ray workers run in other working directories."""
+    return Path(cfg.output_dir).expanduser().resolve()
+
+
+def _rel(cfg: Config, path: Path) -> str:
+    """A path as it enters a hash: relative to output_dir, so a moved output folder keeps its caches."""
+    return str(path.relative_to(output_dir(cfg)))
+
+
 def corpus_root(cfg: Config) -> Path:
     """``data.root``, or for the synthetic corpus its generated folder under output_dir."""
     if cfg.data.root:
-        return Path(cfg.data.root)
-    return Path(cfg.output_dir) / "synthetic_corpus" / config_hash(cfg.data.synth)
+        return Path(cfg.data.root).expanduser().resolve()
+    return output_dir(cfg) / "synthetic_corpus" / config_hash(cfg.data.synth)
 
 
 def manifest_path(cfg: Config) -> Path:
-    return Path(cfg.output_dir) / "data" / config_hash(cfg.data) / "manifest.parquet"
+    return output_dir(cfg) / "data" / config_hash(cfg.data) / "manifest.parquet"
 
 
 def folds_path(cfg: Config) -> Path:
-    return Path(cfg.output_dir) / "folds" / config_hash(cfg.data, cfg.folds) / "folds.json"
+    return output_dir(cfg) / "folds" / config_hash(cfg.data, cfg.folds) / "folds.json"
 
 
 def features_dir(cfg: Config, fold: int | None = None) -> Path:
@@ -48,8 +58,8 @@ def features_dir(cfg: Config, fold: int | None = None) -> Path:
             raise ValueError(
                 "features.source=mtl: features belong to one fold's stage-0 model; pass the fold"
             )
-        source.append(str(stage_dir(cfg, fold, "mtl")))
-    return Path(cfg.output_dir) / "features" / config_hash_of(source) / config_hash_of(content)
+        source.append(_rel(cfg, stage_dir(cfg, fold, "mtl")))
+    return output_dir(cfg) / "features" / config_hash_of(source) / config_hash_of(content)
 
 
 def extraction_model_dir(cfg: Config, fold: int | None) -> Path | None:
@@ -60,8 +70,8 @@ def extraction_model_dir(cfg: Config, fold: int | None) -> Path | None:
 def clusters_dir(cfg: Config, fold: int) -> Path:
     """Codebooks of one fold: keyed on the features they were fitted on and the clustering section."""
     feats = features_dir(cfg, fold)
-    key = config_hash_of([str(feats), to_dict(cfg.folds), to_dict(cfg.clustering)])
-    return Path(cfg.output_dir) / "clusters" / key / f"fold{fold}"
+    key = config_hash_of([_rel(cfg, feats), to_dict(cfg.folds), to_dict(cfg.clustering)])
+    return output_dir(cfg) / "clusters" / key / f"fold{fold}"
 
 
 def labels_dir(cfg: Config, fold: int) -> Path:
@@ -74,7 +84,7 @@ def labels_dir(cfg: Config, fold: int) -> Path:
 
 
 def resolved_config_path(cfg: Config) -> Path:
-    return Path(cfg.output_dir) / "config.yaml"
+    return output_dir(cfg) / "config.yaml"
 
 
 # Settings that change how fast a stage trains, not what it learns: left out of its hash.
@@ -92,19 +102,19 @@ def stage_dir(cfg: Config, fold: int, stage: str) -> Path:
     s = getattr(cfg.stages, stage)
     upstream: list[str] = []
     if stage == "gmp":
-        upstream.append(str(labels_dir(cfg, fold)))
+        upstream.append(_rel(cfg, labels_dir(cfg, fold)))
     init = getattr(s, "init", "pretrained")
     if init != "pretrained":
-        upstream.append(str(stage_dir(cfg, fold, init)))
+        upstream.append(_rel(cfg, stage_dir(cfg, fold, init)))
     content = s.model_dump(mode="json", exclude=_RESOURCE_KEYS)
     key = config_hash_of(
         [to_dict(cfg.data), to_dict(cfg.folds), to_dict(cfg.model), stage, content, upstream]
     )
-    return Path(cfg.output_dir) / "train" / stage / key / f"fold{fold}"
+    return output_dir(cfg) / "train" / stage / key / f"fold{fold}"
 
 
 def storage_path(cfg: Config) -> str:
     """Where Ray Train persists checkpoints: runtime.storage_path, else <output_dir>/ray_results (absolute)."""
     if cfg.runtime.storage_path:
         return cfg.runtime.storage_path
-    return str((Path(cfg.output_dir) / "ray_results").resolve())
+    return str(output_dir(cfg) / "ray_results")

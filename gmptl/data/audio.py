@@ -24,6 +24,9 @@ class AudioError(ValueError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):  # noqa: ANN204 - so the error crosses process boundaries (Ray workers) intact
+        return (type(self), (self.path, self.reason))
+
 
 @dataclass(frozen=True)
 class AudioInfo:

@@ -100,7 +100,8 @@ def prepare_manifest(
     data: DataConfig, root: Path, out: Path, full_config: Config | None = None
 ) -> PrepareResult:
     """Build, check and write the manifest for one corpus (see module docstring)."""
-    root = Path(root)
+    # Absolute, so manifest paths stay valid from any working directory (Ray workers have their own).
+    root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise BadInputError(
             f"corpus root {root} is not a folder; set data.root (or --root) to the corpus folder"
