@@ -126,8 +126,9 @@ def folds(manifest: str, out: str | None, as_json: bool, config: str | None, set
 
 @cli.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
-@click.option("--until", type=click.Choice(["folds", "mtl", "extract", "cluster", "label", "gmp", "utterance"]),
-              default="utterance", show_default=True, help="Stop after this step.")  # fmt: skip
+@click.option("--until", type=click.Choice(["folds", "mtl", "extract", "cluster", "label", "gmp", "utterance",
+                                           "evaluate"]), default="evaluate", show_default=True,
+              help="Stop after this step.")  # fmt: skip
 @_set_option
 def run(config_file: str, until: str, sets: tuple[str, ...]) -> None:
     """Run the experiment of CONFIG_FILE: every step per fold, each cached by config hash (resumable)."""
@@ -147,6 +148,18 @@ def run(config_file: str, until: str, sets: tuple[str, ...]) -> None:
         for m in manifests:
             click.echo(
                 f"{stage} fold {m['fold']}: best epoch {m['best_epoch']} {_best_line(m)} -> {m['model_dir']}"
+            )
+    if out.report is not None:
+        from gmptl import paths
+        from gmptl.evaluation.report import table
+        from gmptl.tracking import resolve_uri
+
+        click.echo("\ntest speakers (speaker-independent folds):\n" + table(out.report))
+        click.echo(f"\nreport:  {paths.run_dir(cfg) / 'report.md'}")
+        if cfg.tracking.enabled:
+            uri = resolve_uri(cfg)
+            click.echo(
+                f"mlflow:  {uri}\n  open:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
             )
 
 

@@ -44,6 +44,7 @@ class RunOutputs:
     steps: dict[str, str]  # step -> "ran" | "cached"
     extract: list[ExtractResult]
     trained: dict[str, list[dict[str, Any]]]  # stage -> stage.json of each fold
+    report: dict[str, Any] | None = None
 
 
 def ensure_synthetic_corpus(cfg: Config, root: Path) -> str:
@@ -200,12 +201,85 @@ def train_folds(cfg: Config, stage: str, fold_sel: str = "all") -> list[dict[str
     return [train_stage(cfg, df, fold, stage) for fold in chosen]
 
 
-STEPS = ("folds", "mtl", "extract", "cluster", "label", "gmp", "utterance")
+STEPS = ("folds", "mtl", "extract", "cluster", "label", "gmp", "utterance", "evaluate")
+
+
+def step_evaluate(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, str]) -> dict[str, Any]:
+    """The fold's stage-2 model on its test speakers (touched once, here): a Ray task, on a GPU if training used one."""
+    import ray
+
+    from gmptl.evaluation.evaluate import evaluate_model
+    from gmptl.evaluation.report import fold_entry
+    from gmptl.runtime import ensure_ray
+    from gmptl.training.pipeline import class_names, items_of
+
+    out = paths.test_dir(cfg, fold.index)
+    if (done := _cached(steps, f"evaluate[{fold.name}]", out / "test.json")) is not None:
+        return done
+    s = cfg.stages.utterance
+    test = fold.select(df, "test")
+    labels = class_names(df)
+    ensure_ray(cfg.runtime)
+    task = ray.remote(evaluate_model).options(num_cpus=1, num_gpus=1 if s.use_gpu else 0)
+    ev = ray.get(
+        task.remote(
+            str(paths.stage_dir(cfg, fold.index, "utterance") / "best"),
+            items_of(test, labels, cfg.data.sample_rate_hz),
+            cfg.data.sample_rate_hz,
+            s.eval_batch_max_audio_s,
+            "cuda" if s.use_gpu else "cpu",
+        )
+    )
+    if ev.labels != labels:
+        raise ValueError(
+            f"fold {fold.index}: the model's classes {ev.labels} differ from the manifest's {labels}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {"utt_id": ev.utt_ids, "true": [labels[i] for i in ev.true], "pred": [labels[i] for i in ev.pred]}
+        | {f"p_{lab}": ev.probabilities[:, j] for j, lab in enumerate(labels)}
+    ).to_parquet(out / "predictions.parquet", index=False)
+    entry = fold_entry(fold.index, s.seed, list(fold.test_speakers), ev.confusion)
+    (out / "test.json").write_text(json.dumps(entry, indent=2) + "\n")
+    log.info(
+        "fold %d test: WAR %.3f UAR %.3f (n=%d)", fold.index, entry["war"], entry["uar"], entry["n_test"]
+    )
+    return entry
+
+
+def _parent_run(cfg: Config):  # noqa: ANN202
+    """The experiment's MLflow parent run (continued on a rerun); each fold's stage runs are its children."""
+    if not cfg.tracking.enabled:
+        return None
+    from gmptl import tracking
+
+    uri = tracking.resolve_uri(cfg)
+    tracking.check_reachable(uri)
+    h = config_hash(cfg)
+    return tracking.Run.open(cfg.tracking, uri, run_key=f"experiment-{h}", run_name=f"experiment {h}",
+                             params=to_dict(cfg), tags={"gmptl.config_hash": h})  # fmt: skip
+
+
+def write_run_report(cfg: Config, labels: list[str], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """report.json / report.md and the figures in ``paths.run_dir``."""
+    from gmptl.evaluation.plots import confusion_png, fold_bars_png
+    from gmptl.evaluation.report import build_report, write_report
+
+    report = build_report(labels, entries, config_hash(cfg))
+    folder = paths.run_dir(cfg)
+    confusion_png(np.asarray(report["confusion_sum"]), labels, folder / "confusion_sum.png",
+                  "test speakers, summed over folds")  # fmt: skip
+    fold_bars_png(report, folder / "folds_war_uar.png")
+    write_report(report, folder, "\n![confusion](confusion_sum.png)\n\n![folds](folds_war_uar.png)\n")
+    save_config(cfg, folder / "config.yaml")
+    return report
 
 
 def _stage_needed(cfg: Config, until: str) -> set[str]:
     """Training stages the run needs up to ``until`` (stage 0 only when features come from it or stage 1/2 start from it)."""
     upto = set(STEPS[: STEPS.index(until) + 1])
+    if "evaluate" in upto:
+        upto.add("utterance")
     stages = {s for s in ("gmp", "utterance") if s in upto}
     if "utterance" in stages and cfg.stages.utterance.init != "gmp":
         stages.discard("gmp")
@@ -219,7 +293,7 @@ def _stage_needed(cfg: Config, until: str) -> set[str]:
     return stages
 
 
-def run_experiment(cfg: Config, until: str = "utterance") -> RunOutputs:
+def run_experiment(cfg: Config, until: str = "evaluate") -> RunOutputs:
     """Run the steps in order up to ``until`` (see STEPS), each cached by config hash.
 
     Per fold: stage 0 (when needed) -> features -> k-means -> labels -> stage 1 -> stage 2.
@@ -242,10 +316,13 @@ def run_experiment(cfg: Config, until: str = "utterance") -> RunOutputs:
     need_labels = until in ("extract", "cluster", "label") or "gmp" in stages
     extract: list[ExtractResult] = []
     trained: dict[str, list[dict[str, Any]]] = {}
+    entries: list[dict[str, Any]] = []
+
+    parent = _parent_run(cfg) if stages else None
 
     def train(stage: str, fold: Fold) -> None:
         done = (paths.stage_dir(cfg, fold.index, stage) / "stage.json").is_file()
-        trained.setdefault(stage, []).append(train_stage(cfg, df, fold, stage))
+        trained.setdefault(stage, []).append(train_stage(cfg, df, fold, stage, parent=parent))
         steps[f"{stage}[{fold.name}]"] = "cached" if done else "ran"
 
     if need_labels and cfg.features.source == "pretrained":
@@ -263,7 +340,30 @@ def run_experiment(cfg: Config, until: str = "utterance") -> RunOutputs:
         for stage in ("gmp", "utterance"):
             if stage in stages:
                 train(stage, fold)
+        if until == "evaluate":
+            entries.append(step_evaluate(cfg, df, fold, steps))
+    report = None
+    if entries:
+        from gmptl.training.pipeline import class_names
+
+        report = write_run_report(cfg, class_names(df), entries)
+        if parent is not None:
+            folder = paths.run_dir(cfg)
+            parent.log_metrics({k: report[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std")}, step=0)
+            for f in report["folds"]:
+                parent.log_metrics({"test_war": f["war"], "test_uar": f["uar"]}, step=f["fold"])
+            for name in ("report.json", "report.md", "confusion_sum.png", "folds_war_uar.png", "config.yaml"):
+                parent.log_artifact(folder / name)
+            parent.finish()
     log.info("run %s: %s", config_hash(cfg), steps)
     return RunOutputs(
-        paths.corpus_root(cfg), manifest, folds_file, summary, fold_table(df, folds), steps, extract, trained
+        paths.corpus_root(cfg),
+        manifest,
+        folds_file,
+        summary,
+        fold_table(df, folds),
+        steps,
+        extract,
+        trained,
+        report,
     )

@@ -118,3 +118,13 @@ def storage_path(cfg: Config) -> str:
     if cfg.runtime.storage_path:
         return cfg.runtime.storage_path
     return str(output_dir(cfg) / "ray_results")
+
+
+def run_dir(cfg: Config) -> Path:
+    """The report of one experiment config: report.json, report.md, figures."""
+    return output_dir(cfg) / "runs" / config_hash(cfg)
+
+
+def test_dir(cfg: Config, fold: int) -> Path:
+    """Test-speaker evaluation of a fold's stage-2 model (keyed like the model itself)."""
+    return stage_dir(cfg, fold, "utterance") / "test"

@@ -68,3 +68,24 @@ def curves_png(history: list[dict[str, Any]], path: str | Path, title: str = "")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def fold_bars_png(report: dict[str, Any], path: str | Path) -> Path:
+    """Per-fold WAR and UAR bars with the means as lines and chance as a dotted line."""
+    plt = _plt()
+    folds = report["folds"]
+    x = np.arange(len(folds))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(folds) + 2), 3.2))
+    ax.bar(x - 0.2, [f["war"] for f in folds], 0.4, label=f"WAR (mean {report['war_mean']:.3f})")
+    ax.bar(x + 0.2, [f["uar"] for f in folds], 0.4, label=f"UAR (mean {report['uar_mean']:.3f})")
+    ax.axhline(1 / len(report["labels"]), color="grey", linestyle=":", label="chance")
+    ax.set_xticks(x, [f"{f['fold']}" + (f"/s{f['seed']}" if f["seed"] else "") for f in folds])
+    ax.set_xlabel("fold")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -51,10 +51,16 @@ class SERModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.spec = spec
-        # gmptl draws time masks itself (seeded, and stage 1 needs to know which frames were masked);
-        # transformers would otherwise add its own SpecAugment masks in train mode.
-        backbone.config.mask_time_prob = 0.0
-        backbone.config.mask_feature_prob = 0.0
+        # gmptl draws time masks itself (seeded; stage 1 needs to know which frames were masked) and always
+        # hands them to the backbone in training, so transformers never draws its own time masks; feature
+        # (channel) masking is off. The mask embedding exists only when the config asked for masking:
+        # create it otherwise, and mark the config so a saved folder rebuilds (and loads) it.
+        bc = backbone.config
+        bc.apply_spec_augment = True
+        bc.mask_feature_prob = 0.0
+        if getattr(backbone, "masked_spec_embed", None) is None:
+            bc.mask_time_prob = 0.05
+            backbone.masked_spec_embed = nn.Parameter(torch.empty(bc.hidden_size).uniform_())
         dim = int(backbone.config.hidden_size)
         self.pooling = build_pooling(spec.get("pooling", "mean"), dim)
         self.utterance_heads = nn.ModuleDict(
@@ -72,6 +78,9 @@ class SERModel(nn.Module):
         self, wave: torch.Tensor, n_samples: torch.Tensor, mask_time_indices: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Last hidden state (B, F, D) and the valid-frame mask (B, F) of a zero-padded batch (B, T)."""
+        if self.training and mask_time_indices is None:
+            width = int(self.n_frames(torch.tensor(wave.shape[1])))
+            mask_time_indices = torch.zeros(wave.shape[0], width, dtype=torch.bool, device=wave.device)
         attn = None
         if self.use_mask:
             attn = (torch.arange(wave.shape[1], device=wave.device)[None, :] < n_samples[:, None]).long()

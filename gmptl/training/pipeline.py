@@ -56,12 +56,17 @@ def class_names(df: pd.DataFrame) -> list[str]:
     return [e for e in STANDARD_ORDER if e in present] + sorted(present - set(STANDARD_ORDER))
 
 
-def _rows(df: pd.DataFrame, labels: list[str], sr: int) -> list[dict[str, Any]]:
+def items_of(df: pd.DataFrame, labels: list[str], sr: int) -> list[tdata.Item]:
+    """Manifest rows as training items: class and gender indices, length in samples at ``sr``."""
     idx = {e: i for i, e in enumerate(labels)}
     return [
-        asdict(tdata.Item(u, p, int(round(d * sr)), idx[e], 0 if g == "F" else 1))
+        tdata.Item(u, p, int(round(d * sr)), idx[e], 0 if g == "F" else 1)
         for u, p, d, e, g in zip(df.utt_id, df.path, df.duration_s, df.emotion, df.gender, strict=True)
     ]
+
+
+def _rows(df: pd.DataFrame, labels: list[str], sr: int) -> list[dict[str, Any]]:
+    return [asdict(it) for it in items_of(df, labels, sr)]
 
 
 def _upstream(cfg: Config, fold: Fold, stage: str) -> tuple[str | None, str | None]:
@@ -196,8 +201,11 @@ def _finish(cfg: Config, stage: str, fold: Fold, out: Path, result: Any, metric:
         model: SERModel = build_model(cfg.model, stage_obj.head_spec(), job["init_dir"])
         with ckpt.as_directory() as d:
             load_checkpoint(d, model)
-        save_model(model.eval(), Path(tmp) / "best", {"labels": labels, "stage": stage, "fold": fold.index,
-                                                      "best_epoch": best["epoch"], "config_hash": config_hash(cfg)})  # fmt: skip
+        extra = {"labels": labels, "stage": stage, "fold": fold.index, "best_epoch": best["epoch"],
+                 "config_hash": config_hash(cfg), "sample_rate_hz": cfg.data.sample_rate_hz}  # fmt: skip
+        if stage == "utterance":
+            extra |= {"loss": cfg.stages.utterance.loss, "scale": cfg.stages.utterance.scale}
+        save_model(model.eval(), Path(tmp) / "best", extra)
         if result.checkpoint is not None:
             with result.checkpoint.as_directory() as d:
                 last_state = json.loads((Path(d) / "state.json").read_text())

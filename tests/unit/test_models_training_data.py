@@ -87,8 +87,32 @@ def test_freezing_and_dropout():
     assert not any(p.requires_grad for p in bb.encoder.layers[1].parameters())
     assert all(p.requires_grad for p in bb.encoder.layers[2].parameters())
     assert all(m.p == 0.3 for m in bb.modules() if isinstance(m, torch.nn.Dropout))
-    # gmptl draws the time masks itself (seeded); transformers' own masking must be off
-    assert bb.config.mask_time_prob == 0 and bb.config.mask_feature_prob == 0
+
+
+def test_no_hidden_masking_in_training_and_mask_embedding_survives_save(tmp_path):
+    # gmptl draws the time masks itself (seeded): training mode without a mask is the eval-mode function
+    cfg = load_config("jobs/demo.yaml", ["stages.mtl.dropout=0.0"])
+    model = build_model(cfg.model, _spec())
+    configure_training(model, cfg.stages.mtl)
+    x, n = torch.randn(2, 16000), torch.tensor([16000, 12000])
+    with torch.no_grad():
+        a = model.train()(x, n)["emotion"]
+        b = model.eval()(x, n)["emotion"]
+    assert torch.allclose(a, b, atol=1e-6)
+    # a backbone whose config disables masking still gets (and saves, and reloads) a mask embedding
+    from gmptl.models.backbone import preset_config
+    from gmptl.models.factory import SERModel
+
+    pc = preset_config("tiny")
+    pc.mask_time_prob = 0.0
+    bare = SERModel(__import__("transformers").HubertModel(pc), _spec())
+    save_model(bare, tmp_path / "m")
+    again = build_model(cfg.model, _spec(), tmp_path / "m")
+    assert torch.equal(again.backbone.masked_spec_embed, bare.backbone.masked_spec_embed)
+    mask = torch.zeros(1, 49, dtype=torch.bool)
+    mask[0, 5:15] = True
+    with torch.no_grad():
+        again.train()(torch.randn(1, 16000), torch.tensor([16000]), mask)  # masking works
 
 
 def test_crop_frame_labels_line_up_with_whole_utterance(tmp_path):

@@ -1,0 +1,86 @@
+"""`gmptl run` end to end through the CLI on a shortened demo config: every stage, per fold, then the report."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from gmptl import paths
+from gmptl.cli import main
+from gmptl.config import load_config
+from gmptl.data.audio import load_audio
+from gmptl.data.manifest import read_manifest
+from gmptl.features.extractor import FeatureExtractor
+from gmptl.features.store import FeatureStore
+from gmptl.models.factory import load_model
+
+pytestmark = pytest.mark.integration
+
+SHORT = ["data.synth.n_utterances=40", "folds.scheme=speaker_kfold", "folds.n_folds=2",
+         "clustering.k=[4,8]", "clustering.max_frames=20000", "clustering.n_iter=3",
+         "stages.mtl.epochs=1", "stages.gmp.epochs=1", "stages.utterance.epochs=1"]  # fmt: skip
+
+
+def test_run_end_to_end_then_cached(ray_session, tmp_path, capsys):
+    sets = [a for item in [f"output_dir={tmp_path}", *SHORT] for a in ("--set", item)]
+    assert main(["run", "jobs/demo.yaml", *sets]) == 0
+    out = capsys.readouterr().out
+    for step in ("mtl[kfold1]", "extract[kfold1]", "cluster[kfold1]", "label[kfold1]", "gmp[kfold2]",
+                 "utterance[kfold2]", "evaluate[kfold2]"):  # fmt: skip
+        assert f"{step} (ran)" in out, step
+    assert "mean ± std" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    cfg = load_config("jobs/demo.yaml", [f"output_dir={tmp_path}", *SHORT])
+    run = paths.run_dir(cfg)
+    report = json.loads((run / "report.json").read_text())
+    assert set(report) == {"labels", "folds", "war_mean", "war_std", "uar_mean", "uar_std", "confusion_sum",
+                           "config_hash"}  # fmt: skip
+    assert report["labels"] == ["neutral", "happy", "sad", "angry"] and len(report["folds"]) == 2
+    for f in report["folds"]:
+        assert set(f) == {"fold", "seed", "test_speakers", "n_test", "war", "uar", "macro_f1", "confusion"}
+        assert np.asarray(f["confusion"]).sum() == f["n_test"] and 0 <= f["uar"] <= 1
+    assert sum(f["n_test"] for f in report["folds"]) == 40  # every utterance tested exactly once
+    assert np.asarray(report["confusion_sum"]).sum() == 40
+    assert {"report.md", "confusion_sum.png", "folds_war_uar.png", "config.yaml"} <= {
+        p.name for p in run.iterdir()
+    }
+
+    # features of each fold come from that fold's stage-0 model (gender-augmented GMPs)
+    df = read_manifest(paths.manifest_path(cfg))
+    utt = df.utt_id.iloc[0]
+    mtl0, _ = load_model(paths.stage_dir(cfg, 0, "mtl") / "best")
+    mine = FeatureExtractor(cfg.model, cfg.features, model=mtl0.backbone).encode(
+        [load_audio(df.path.iloc[0])]
+    )[0][2]
+    assert np.allclose(FeatureStore(paths.features_dir(cfg, 0)).get(utt, 2), mine, atol=2e-2)
+
+    # stage 1 learns the GMP streams and is selected on its validation loss; stage 2 starts from it
+    gmp = json.loads((paths.stage_dir(cfg, 1, "gmp") / "stage.json").read_text())
+    assert gmp["selection"] == {"metric": "val_loss", "mode": "min"}
+    assert {"train_ce_k4", "train_ce_k8", "val_frame_acc_k4", "val_frame_acc_k8"} <= set(gmp["history"][0])
+    assert gmp["inputs"]["labels_dir"] == str(paths.labels_dir(cfg, 1))
+    utt = json.loads((paths.stage_dir(cfg, 1, "utterance") / "stage.json").read_text())
+    assert utt["inputs"]["init_dir"] == gmp["model_dir"]
+    assert json.loads((paths.stage_dir(cfg, 1, "utterance") / "best/model.json").read_text())["spec"][
+        "utterance_heads"]["emotion"]["type"] == "cosine"  # fmt: skip
+
+    # MLflow: one parent run per experiment, a child per fold and stage
+    from mlflow.tracking import MlflowClient
+
+    from gmptl.tracking import resolve_uri
+
+    client = MlflowClient(tracking_uri=resolve_uri(cfg))
+    runs = client.search_runs([client.get_experiment_by_name("gmptl").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("gmptl.run_key", "").startswith("experiment-")]
+    assert len(parent) == 1 and parent[0].data.metrics["uar_mean"] == pytest.approx(report["uar_mean"])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert sorted((r.data.tags["gmptl.stage"], r.data.tags["gmptl.fold"]) for r in children) == sorted(
+        (s, f) for s in ("mtl", "gmp", "utterance") for f in ("0", "1"))  # fmt: skip
+    assert {a.path for a in client.list_artifacts(parent[0].info.run_id)} >= {"report.json", "report.md"}
+
+    # the whole run again: every step from cache, in seconds
+    t0 = time.perf_counter()
+    assert main(["run", "jobs/demo.yaml", *sets]) == 0
+    again = capsys.readouterr().out
+    assert "(ran)" not in again and time.perf_counter() - t0 < 30
+    assert json.loads((run / "report.json").read_text()) == report
