@@ -20,14 +20,13 @@ memory demands it.)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from gmptl.config import FeatureConfig, ModelConfig
-from gmptl.models.backbone import build_backbone, check_layers, uses_attention_mask
+from gmptl.models.backbone import build_backbone, check_layers, frame_geometry, uses_attention_mask
 
 
 @dataclass(frozen=True)
@@ -40,11 +39,7 @@ class ConvGeometry:
 
 
 def conv_geometry(model: torch.nn.Module) -> ConvGeometry:
-    kernels, strides = model.config.conv_kernel, model.config.conv_stride
-    hop = math.prod(strides)
-    rf = 1
-    for k, s in zip(reversed(kernels), reversed(strides), strict=True):
-        rf = (rf - 1) * s + k
+    hop, rf = frame_geometry(model.config)
     return ConvGeometry(hop=hop, receptive_field=rf)
 
 
