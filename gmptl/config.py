@@ -271,6 +271,11 @@ class RuntimeConfig(_Section):
     object_store_mb: int | None = Field(
         None, ge=64, description="Object store of the local Ray (null = Ray's default)."
     )
+    dashboard: bool = Field(
+        True,
+        description="Start the Ray dashboard (127.0.0.1 only) with a local Ray: it serves the state API Ray "
+        "Train polls; false starts faster (tests) but Ray Train then logs state-API warnings.",
+    )
     storage_path: str | None = Field(
         None,
         description="Ray Train checkpoints and run state (shared storage or s3:// on a multi-node cluster); "

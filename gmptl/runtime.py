@@ -24,6 +24,7 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
         # The dashboard process also serves the state API Ray Train's placement-group cleaner polls
         # (without it, it logs "Failed to query ... State API" every few seconds). Bound to localhost.
         ray.init(
+            include_dashboard=cfg.dashboard,
             dashboard_host="127.0.0.1",
             num_cpus=cfg.num_cpus,
             object_store_memory=cfg.object_store_mb * 1024**2 if cfg.object_store_mb else None,
