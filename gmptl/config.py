@@ -246,6 +246,12 @@ class ClusterConfig(_Section):
         2, ge=1, description="Ray actors, each holding a disjoint part of the sampled frames."
     )
     num_cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per k-means actor.")
+    num_gpus_per_worker: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per k-means and labelling actor: the assignments run on faiss-gpu (needs the gpu "
+        "extra; an error, never a silent CPU fallback, when faiss has no GPU).",
+    )
 
     @model_validator(mode="after")
     def _ks(self) -> ClusterConfig:

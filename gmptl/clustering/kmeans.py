@@ -50,8 +50,26 @@ def _check_centroids(centroids: np.ndarray, d: int) -> np.ndarray:
     return np.ascontiguousarray(c, dtype=np.float32)
 
 
-def _flat_index(centroids32: np.ndarray) -> faiss.IndexFlatL2:
+def gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees a GPU (faiss-gpu, not faiss-cpu)."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+_GPU_RESOURCES: list = []  # one StandardGpuResources per process: it owns scratch memory and streams
+
+
+def _flat_index(centroids32: np.ndarray, gpu: bool = False) -> faiss.Index:
+    """Exact L2 index over the centroids; on the GPU when asked (never silently on the CPU instead)."""
     index = faiss.IndexFlatL2(centroids32.shape[1])
+    if gpu:
+        if not gpu_available():
+            raise RuntimeError(
+                "clustering.num_gpus_per_worker > 0 but this faiss has no GPU support or sees no GPU: install "
+                "faiss-gpu (`pip install 'gmptl[gpu]'` and uninstall faiss-cpu) or set it to 0"
+            )
+        if not _GPU_RESOURCES:
+            _GPU_RESOURCES.append(faiss.StandardGpuResources())
+        index = faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, index)
     index.add(centroids32)
     return index
 
@@ -96,13 +114,14 @@ def _draw(weights: np.ndarray, cumsum: np.ndarray, rng: np.random.Generator) -> 
     return i
 
 
-def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def assign(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every point (exact, faiss flat L2 search).
 
     Args:
         x: (N, D) points, float32 (float16/float64 accepted: converted to float32 in blocks
             of ``BLOCK_VALUES // D`` rows, so memory stays bounded).
         centroids: (K, D) float32 centroids (other float dtypes are converted).
+        gpu: search on GPU 0 with faiss-gpu (an error when faiss has no GPU).
 
     Returns:
         labels: (N,) int64, index of the nearest centroid.
@@ -112,7 +131,7 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     c = _check_centroids(centroids, x.shape[1])
     labels = np.empty(x.shape[0], np.int64)
     sq_dist = np.empty(x.shape[0], np.float32)
-    index = _flat_index(c)
+    index = _flat_index(c, gpu)
     start = 0
     for xb in _blocks(x):
         labels[start : start + len(xb)], sq_dist[start : start + len(xb)] = _search(index, xb)
@@ -142,12 +161,13 @@ class PartialStats:
         return cls(np.zeros((k, d), np.float64), np.zeros(k, np.int64), 0.0, 0)
 
 
-def partial_stats(x: np.ndarray, centroids: np.ndarray) -> PartialStats:
+def partial_stats(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> PartialStats:
     """Assign a shard's points and accumulate per-centroid sums, counts and inertia.
 
     Args:
         x: (N, D) points of one shard, float32 (float16/float64 converted blockwise).
         centroids: (K, D) float32 centroids.
+        gpu: run the assignment on GPU 0 with faiss-gpu.
 
     Returns:
         PartialStats with sums (K, D) float64, counts (K,) int64, the inertia (sum of the
@@ -157,7 +177,7 @@ def partial_stats(x: np.ndarray, centroids: np.ndarray) -> PartialStats:
     c = _check_centroids(centroids, x.shape[1])
     k, d = c.shape
     stats = PartialStats.zeros(k, d)
-    index = _flat_index(c)
+    index = _flat_index(c, gpu)
     # Column offsets for the flattened bincount below: point i, dim j -> bin labels[i] * D + j.
     cols = np.arange(d, dtype=np.int64)
     inertia = 0.0

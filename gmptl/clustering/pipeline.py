@@ -36,10 +36,13 @@ log = logging.getLogger(__name__)
 class FrameShard:
     """Ray actor: a disjoint part of the fold's training frames, sampled to its budget."""
 
-    def __init__(self, folder: str, utt_ids: list[str], layer: int, budget: int, seed: list[int]):
+    def __init__(
+        self, folder: str, utt_ids: list[str], layer: int, budget: int, seed: list[int], gpu: bool = False
+    ):
         import faiss
 
         faiss.omp_set_num_threads(1)
+        self.gpu = gpu
         fs = store.FeatureStore(Path(folder))
         rows = fs.index.loc[[(u, layer) for u in utt_ids]]
         total = int(rows.n_frames.sum())
@@ -63,7 +66,7 @@ class FrameShard:
         return self.x[np.sort(rng.choice(len(self.x), size=min(n, len(self.x)), replace=False))]
 
     def partial_stats(self, centroids: np.ndarray) -> kmeans.PartialStats:
-        return kmeans.partial_stats(self.x, centroids)
+        return kmeans.partial_stats(self.x, centroids, self.gpu)
 
 
 def _split_evenly(utt_ids: list[str], n_frames: dict[str, int], n_parts: int) -> list[list[str]]:
@@ -104,9 +107,10 @@ def fit_codebooks(
     budget = min(cfg.max_frames, total)
     shares = [round(budget * sum(n_frames[u] for u in p) / total) for p in parts]
     shares[-1] = budget - sum(shares[:-1])  # exact budget
-    Actor = ray.remote(num_cpus=cfg.num_cpus_per_worker)(FrameShard)
+    gpu = cfg.num_gpus_per_worker > 0
+    Actor = ray.remote(num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker)(FrameShard)
     actors = [
-        Actor.remote(str(features_folder), p, layer, s, [cfg.seed, i])
+        Actor.remote(str(features_folder), p, layer, s, [cfg.seed, i], gpu)
         for i, (p, s) in enumerate(zip(parts, shares, strict=True))
     ]
     counts = ray.get([a.count.remote() for a in actors])
@@ -188,10 +192,13 @@ def fit_codebooks(
 class ShardLabeller:
     """Ray Data actor: loads every codebook once; labels one feature shard per call."""
 
-    def __init__(self, features_folder: str, centroids: dict[int, np.ndarray], layer: int, out: str):
+    def __init__(
+        self, features_folder: str, centroids: dict[int, np.ndarray], layer: int, out: str, gpu: bool = False
+    ):
         import faiss
 
         faiss.omp_set_num_threads(1)
+        self.gpu = gpu
         self.features_folder = Path(features_folder)
         self.centroids = centroids
         self.layer = layer
@@ -208,7 +215,7 @@ class ShardLabeller:
                     f"feature shard {shard}: {len(x)} frames, commit record says {sum(record['n_frames'])}"
                 )
             for k, c in self.centroids.items():
-                labels = kmeans.assign(x, c)[0].astype(np.int32)
+                labels = kmeans.assign(x, c, self.gpu)[0].astype(np.int32)
                 path = self.out / f"shard_{shard:05d}.k{k}.npy"
                 store.atomic_write_bytes(path, lambda fh, a=labels: np.save(fh, a))
                 rows["shard"].append(shard)
@@ -239,10 +246,11 @@ def assign_labels(
     ds = ds.map_batches(
         ShardLabeller,
         fn_constructor_kwargs={"features_folder": str(features_folder), "centroids": centroids, "layer": layer,
-                               "out": str(out)},
+                               "out": str(out), "gpu": cfg.num_gpus_per_worker > 0},
         batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=min(cfg.num_workers, len(shards))),
         num_cpus=cfg.num_cpus_per_worker,
+        **({"num_gpus": cfg.num_gpus_per_worker} if cfg.num_gpus_per_worker > 0 else {}),
     )  # fmt: skip
     for _ in ds.iter_rows():
         pass

@@ -267,3 +267,23 @@ def test_greedy_kmeanspp_starts_lower_than_plain():
     assert max(greedy) < min(plain)
     c = kmeanspp_init(x, 128, np.random.default_rng(0), n_local_trials=6)
     assert len(np.unique(c, axis=0)) == 128  # still distinct rows of the sample
+
+
+def test_gpu_request_without_faiss_gpu_is_an_error_not_a_fallback():
+    if km.gpu_available():
+        pytest.skip("this faiss has a GPU: the error path cannot happen here")
+    x = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="faiss-gpu"):
+        km.partial_stats(x, x[:4], gpu=True)
+
+
+@pytest.mark.gpu
+def test_gpu_statistics_equal_cpu():
+    if not km.gpu_available():
+        pytest.skip("needs faiss-gpu and a CUDA device")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 64)).astype(np.float32)
+    c = x[rng.choice(len(x), 256, replace=False)]
+    a, b = km.partial_stats(x, c), km.partial_stats(x, c, gpu=True)
+    assert (a.counts != b.counts).sum() <= 5  # float ties may resolve differently
+    assert b.inertia == pytest.approx(a.inertia, rel=1e-4)

@@ -2,6 +2,8 @@
 
 import copy
 
+import numpy as np
+import pytest
 import torch
 
 from gmptl.config import load_config
@@ -56,3 +58,16 @@ def test_gradient_accumulation_equals_one_big_batch():
         results.append(model.state_dict())
     for k in results[0]:
         assert torch.allclose(results[0][k], results[1][k], atol=1e-5), k
+
+
+@pytest.mark.gpu
+def test_bf16_training_step_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    stage, model = _setup()
+    model = model.cuda()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    batches = [_batch(torch.arange(0, 4)), _batch(torch.arange(4, 8))]
+    losses = [run_epoch(model, batches, stage, torch.device("cuda"), optimizer=opt, bf16=True).loss_sum
+              for _ in range(4)]  # fmt: skip
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
