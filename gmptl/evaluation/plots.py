@@ -17,6 +17,15 @@ def _plt():  # noqa: ANN202
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:  # noqa: ANN001
+    """Write ``fig`` as a PNG (creating the folder) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def confusion_png(cm: np.ndarray, labels: list[str], path: str | Path, title: str = "") -> Path:
     """Counts with row-normalised colour (recall per true class)."""
     plt = _plt()
@@ -35,11 +44,7 @@ def confusion_png(cm: np.ndarray, labels: list[str], path: str | Path, title: st
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def curves_png(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -63,11 +68,7 @@ def curves_png(history: list[dict[str, Any]], path: str | Path, title: str = "")
     b.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def fold_bars_png(report: dict[str, Any], path: str | Path) -> Path:
@@ -84,8 +85,4 @@ def fold_bars_png(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gmptl.data.audio import load_audio
+from gmptl.features.extractor import ConvGeometry as Geometry  # hop and receptive field, in samples
 
 FrameLabels = Callable[[str], dict[str, np.ndarray]]  # utt_id -> {stream: (n_frames,) int labels}
 
@@ -34,17 +35,6 @@ class Item:
     n_samples: int
     emotion: int
     gender: int
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The CNN's frame geometry: hop and receptive field in samples."""
-
-    hop: int
-    receptive_field: int
-
-    def n_frames(self, n_samples: int) -> int:
-        return 0 if n_samples < self.receptive_field else (n_samples - self.receptive_field) // self.hop + 1
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,21 @@ PURE = [
 ]
 
 
-def test_pure_modules_import_neither_ray_nor_mlflow():
+def _imported(modules: list[str], banned: tuple[str, ...]) -> str:
+    """Import ``modules`` in a fresh interpreter; the banned top-level packages that came along."""
     code = (
         "import importlib, sys\n"
-        f"for m in {PURE!r}: importlib.import_module(m)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'torch'))\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {banned!r})\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+def test_pure_modules_import_neither_ray_nor_mlflow():
+    out = _imported(PURE, ("ray", "mlflow", "torch"))
     assert out == "", f"pure modules pulled in: {out[:200]}"
 
 
@@ -48,13 +53,5 @@ TORCH_PURE = [
 
 
 def test_torch_modules_import_neither_ray_nor_mlflow():
-    code = (
-        "import importlib, sys\n"
-        f"for m in {TORCH_PURE!r}: importlib.import_module(m)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow'))\n"
-        "print(','.join(bad))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    out = _imported(TORCH_PURE, ("ray", "mlflow"))
     assert out == "", f"pulled in: {out[:200]}"
