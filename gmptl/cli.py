@@ -273,6 +273,9 @@ def _format_folds(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+# Subcommands that live in their own modules (one line each).
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (console script ``gmptl``); returns the exit code so tests can call it."""
     try:

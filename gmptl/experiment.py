@@ -293,12 +293,13 @@ def _stage_needed(cfg: Config, until: str) -> set[str]:
     return stages
 
 
-def run_experiment(cfg: Config, until: str = "evaluate") -> RunOutputs:
+def run_experiment(cfg: Config, until: str = "evaluate", only_folds: list[int] | None = None) -> RunOutputs:
     """Run the steps in order up to ``until`` (see STEPS), each cached by config hash.
 
     Per fold: stage 0 (when needed) -> features -> k-means -> labels -> stage 1 -> stage 2.
     Steps a configuration does not need are skipped: with stages.utterance.init=pretrained
-    (plain fine-tuning) nothing before stage 2 runs.
+    (plain fine-tuning) nothing before stage 2 runs. ``only_folds`` restricts the run to those
+    fold indices (a search on one fold); the report then covers those folds only.
     """
     from gmptl.training.pipeline import train_stage
 
@@ -312,6 +313,11 @@ def run_experiment(cfg: Config, until: str = "evaluate") -> RunOutputs:
     folds = make_folds(df, cfg.folds)  # cheap; always rebuilt and re-checked for leakage
     steps["folds"] = "cached" if folds_file.is_file() else "ran"
     write_folds(df, folds, cfg.folds, folds_file)
+    if only_folds is not None:
+        unknown = sorted(set(only_folds) - {f.index for f in folds})
+        if unknown:
+            raise ConfigError(f"folds {unknown} do not exist: this config has folds 0..{len(folds) - 1}")
+        folds = [f for f in folds if f.index in set(only_folds)]
     stages = _stage_needed(cfg, until)
     need_labels = until in ("extract", "cluster", "label") or "gmp" in stages
     extract: list[ExtractResult] = []

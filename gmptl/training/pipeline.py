@@ -94,9 +94,17 @@ def _upstream(cfg: Config, fold: Fold, stage: str) -> tuple[str | None, str | No
 
 
 def train_stage(
-    cfg: Config, df: pd.DataFrame, fold: Fold, stage: str, parent: tracking.Run | None = None
+    cfg: Config,
+    df: pd.DataFrame,
+    fold: Fold,
+    stage: str,
+    parent: tracking.Run | None = None,
+    callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``stage`` on ``fold`` (resuming if interrupted); returns the contents of stage.json."""
+    """Train ``stage`` on ``fold`` (resuming if interrupted); returns the contents of stage.json.
+
+    ``callbacks`` go to the Ray Train RunConfig (a Tune trial passes its report callback here).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -165,6 +173,7 @@ def train_stage(
                 checkpoint_score_order=mode,
             ),
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+            callbacks=callbacks,
         ),
     )
     log.info("stage %s fold %d: %d train / %d validation utterances, run %s", stage, fold.index,
