@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from gmptl import paths
-from gmptl.config import Config, ModelConfig, config_hash, save_config, to_dict
+from gmptl.config import STAGE_NAMES, Config, ModelConfig, config_hash, save_config, to_dict
 from gmptl.data.corpora.iemocap import read_synthetic_marker
 from gmptl.data.folds import Fold, fold_table, make_folds, write_folds
 from gmptl.data.manifest import read_manifest
@@ -192,6 +195,7 @@ def train_folds(cfg: Config, stage: str, fold_sel: str = "all") -> list[dict[str
     df = read_manifest(manifest)
     folds = make_folds(df, cfg.folds)
     write_folds(df, folds, cfg.folds, paths.folds_path(cfg))
+    start_ray(cfg)
     if fold_sel == "all":
         chosen = folds
     else:
@@ -220,7 +224,8 @@ def step_evaluate(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, st
     test = fold.select(df, "test")
     labels = class_names(df)
     ensure_ray(cfg.runtime)
-    task = ray.remote(evaluate_model).options(num_cpus=1, num_gpus=1 if s.use_gpu else 0)
+    # The resources of one training worker, so an evaluation fits beside the folds still training.
+    task = ray.remote(evaluate_model).options(num_cpus=s.num_cpus_per_worker, num_gpus=1 if s.use_gpu else 0)
     ev = ray.get(
         task.remote(
             str(paths.stage_dir(cfg, fold.index, "utterance") / "best"),
@@ -293,13 +298,61 @@ def _stage_needed(cfg: Config, until: str) -> set[str]:
     return stages
 
 
+def start_ray(cfg: Config) -> None:
+    """Join or start Ray, then check every node sees output_dir and storage_path (multi-node clusters)."""
+    from gmptl.runtime import check_shared_storage, ensure_ray
+
+    ensure_ray(cfg.runtime)
+    check_shared_storage(
+        {"output_dir": str(paths.output_dir(cfg)), "runtime.storage_path": paths.storage_path(cfg)}
+    )
+
+
+def seed_configs(cfg: Config) -> list[Config]:
+    """One config per entry of ``seeds`` (clustering.seed and every stage's seed set to it), else [cfg]."""
+    if cfg.seeds is None:
+        return [cfg]
+    out = []
+    for seed in cfg.seeds:
+        d = to_dict(cfg) | {"seeds": None}
+        d["clustering"]["seed"] = seed
+        for stage in STAGE_NAMES:
+            d["stages"][stage]["seed"] = seed
+        out.append(Config.model_validate(d))
+    return out
+
+
+def fold_parallelism(cfg: Config, stages: set[str], n_jobs: int) -> int:
+    """How many (fold, seed) jobs run at once: ``runtime.parallel_folds``, or as many as the cluster holds.
+
+    A job needs, while it trains, its largest stage's workers x CPUs (x GPUs with use_gpu). The data
+    steps (extraction, k-means, labels) run one job at a time: each already spreads over the cluster.
+    """
+    if cfg.runtime.parallel_folds is not None:
+        return max(1, min(cfg.runtime.parallel_folds, n_jobs))
+    if not stages or n_jobs == 1:
+        return 1
+    import ray
+
+    have = ray.cluster_resources()
+    fits = [n_jobs]
+    for stage in stages:
+        s = getattr(cfg.stages, stage)
+        fits.append(math.floor(have.get("CPU", 0.0) / (s.num_workers * s.num_cpus_per_worker) + 1e-6))
+        if s.use_gpu:
+            fits.append(math.floor(have.get("GPU", 0.0) / s.num_workers + 1e-6))
+    return max(1, min(fits))
+
+
 def run_experiment(cfg: Config, until: str = "evaluate", only_folds: list[int] | None = None) -> RunOutputs:
     """Run the steps in order up to ``until`` (see STEPS), each cached by config hash.
 
-    Per fold: stage 0 (when needed) -> features -> k-means -> labels -> stage 1 -> stage 2.
-    Steps a configuration does not need are skipped: with stages.utterance.init=pretrained
-    (plain fine-tuning) nothing before stage 2 runs. ``only_folds`` restricts the run to those
-    fold indices (a search on one fold); the report then covers those folds only.
+    Per fold (and per seed in ``seeds``): stage 0 (when needed) -> features -> k-means -> labels ->
+    stage 1 -> stage 2 -> test evaluation. Folds run concurrently when the cluster has room
+    (:func:`fold_parallelism`); their data steps take turns. Steps a configuration does not need are
+    skipped: with stages.utterance.init=pretrained (plain fine-tuning) nothing before stage 2 runs.
+    ``only_folds`` restricts the run to those fold indices (a search on one fold); the report then
+    covers those folds only.
     """
     from gmptl.training.pipeline import train_stage
 
@@ -320,34 +373,59 @@ def run_experiment(cfg: Config, until: str = "evaluate", only_folds: list[int] |
         folds = [f for f in folds if f.index in set(only_folds)]
     stages = _stage_needed(cfg, until)
     need_labels = until in ("extract", "cluster", "label") or "gmp" in stages
+    if stages or need_labels:
+        start_ray(cfg)
     extract: list[ExtractResult] = []
-    trained: dict[str, list[dict[str, Any]]] = {}
-    entries: list[dict[str, Any]] = []
-
     parent = _parent_run(cfg) if stages else None
+    jobs = [(fold, c) for c in seed_configs(cfg) for fold in folds]
+    seeded = cfg.seeds is not None
+    data_lock = threading.Lock()
 
-    def train(stage: str, fold: Fold) -> None:
-        done = (paths.stage_dir(cfg, fold.index, stage) / "stage.json").is_file()
-        trained.setdefault(stage, []).append(train_stage(cfg, df, fold, stage, parent=parent))
-        steps[f"{stage}[{fold.name}]"] = "cached" if done else "ran"
+    def run_fold(fold: Fold, c: Config) -> dict[str, Any]:
+        """One (fold, seed): its steps in order; returns what it trained, extracted and evaluated."""
+        tag = fold.name + (f",seed{c.stages.utterance.seed}" if seeded else "")
+        got: dict[str, Any] = {"trained": {}, "extract": [], "entry": None}
 
-    if need_labels and cfg.features.source == "pretrained":
-        extract.append(step_extract(cfg, df, steps))
-    for fold in folds:
+        def train(stage: str) -> None:
+            done = (paths.stage_dir(c, fold.index, stage) / "stage.json").is_file()
+            got["trained"][stage] = train_stage(c, df, fold, stage, parent=parent)
+            steps[f"{stage}[{tag}]"] = "cached" if done else "ran"
+
         if "mtl" in stages:
-            train("mtl", fold)
+            train("mtl")
         if need_labels and until != "mtl":
-            if cfg.features.source == "mtl":
-                extract.append(step_extract(cfg, df, steps, fold))
-            if until != "extract":
-                step_cluster(cfg, df, fold, steps)
-                if until != "cluster":
-                    step_label(cfg, df, fold, steps)
+            with data_lock:  # each data step spreads over the whole cluster: one fold at a time
+                if c.features.source == "mtl":
+                    got["extract"].append(step_extract(c, df, steps, fold))
+                if until != "extract":
+                    step_cluster(c, df, fold, steps)
+                    if until != "cluster":
+                        step_label(c, df, fold, steps)
         for stage in ("gmp", "utterance"):
             if stage in stages:
-                train(stage, fold)
+                train(stage)
         if until == "evaluate":
-            entries.append(step_evaluate(cfg, df, fold, steps))
+            got["entry"] = step_evaluate(c, df, fold, steps)
+        return got
+
+    if need_labels and cfg.features.source == "pretrained":
+        for c in seed_configs(cfg)[:1]:  # features of a fixed backbone do not depend on the seed
+            extract.append(step_extract(c, df, steps))
+    width = fold_parallelism(cfg, stages, len(jobs))
+    if width > 1:
+        log.info("running %d fold jobs, %d at a time", len(jobs), width)
+        with ThreadPoolExecutor(width, thread_name_prefix="fold") as pool:
+            results = list(pool.map(lambda job: run_fold(*job), jobs))
+    else:
+        results = [run_fold(fold, c) for fold, c in jobs]
+    trained: dict[str, list[dict[str, Any]]] = {}
+    entries: list[dict[str, Any]] = []
+    for got in results:
+        for stage, m in got["trained"].items():
+            trained.setdefault(stage, []).append(m)
+        extract += got["extract"]
+        if got["entry"] is not None:
+            entries.append(got["entry"])
     report = None
     if entries:
         from gmptl.training.pipeline import class_names

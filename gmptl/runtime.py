@@ -18,8 +18,11 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
     kwargs: dict = {"log_to_driver": True}
-    if cfg.address:
-        ray.init(address=cfg.address, **kwargs)
+    # Inside a Ray job (`gmptl submit`) the job's driver gets RAY_ADDRESS: join that cluster rather than
+    # ask ray.init for a local one (it would join anyway and then refuse num_cpus/object_store_memory).
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
     else:
         # The dashboard process also serves the state API Ray Train's placement-group cleaner polls
         # (without it, it logs "Failed to query ... State API" every few seconds). Bound to localhost.
@@ -31,3 +34,64 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
             **kwargs,
         )
     log.info("ray resources: %s", ray.cluster_resources())
+
+
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
+
+
+def unshared_nodes(folder: str, seen_by_node: dict[str, bool]) -> list[str]:
+    """Nodes that do not see ``folder`` (the driver wrote a marker there); [] for object-store URIs."""
+    if folder.startswith(REMOTE_SCHEMES):
+        return []
+    return sorted(node for node, seen in seen_by_node.items() if not seen)
+
+
+def _probe(nodes: list[dict], path: str) -> dict[str, bool]:
+    """Node -> whether a zero-CPU task pinned to that node sees the file ``path``."""
+    from pathlib import Path
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def exists(p: str) -> bool:
+        return Path(p).is_file()
+
+    refs = {
+        f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": exists.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(path)
+        for n in nodes
+    }
+    return dict(zip(refs, ray.get(list(refs.values())), strict=True))
+
+
+def check_shared_storage(folders: dict[str, str]) -> None:
+    """On a multi-node cluster, every node must see ``folders`` (config key -> path): checked, not assumed.
+
+    The driver writes a marker file into each folder and a task on every alive node looks for it.
+    A single-node cluster (the laptop default) returns at once.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import ray
+
+    from gmptl.errors import ConfigError
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    for key, folder in folders.items():
+        if folder.startswith(REMOTE_SCHEMES):
+            continue
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".gmptl-shared-") as marker:
+            missing = unshared_nodes(folder, _probe(nodes, marker.name))
+        if missing:
+            raise ConfigError(
+                f"{key}={folder} is not shared storage: nodes {missing} of this {len(nodes)}-node cluster do not "
+                f"see it. Point {key} at a folder mounted at the same path on every node (NFS, EFS, Filestore; "
+                f"see cluster/README.md){' or an s3:// / gs:// URI' if key == 'runtime.storage_path' else ''}."
+            )
+    log.info("shared storage checked on %d nodes: %s", len(nodes), sorted(folders.values()))

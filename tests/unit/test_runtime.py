@@ -1,0 +1,40 @@
+"""On a multi-node cluster output_dir and storage_path must be shared: checked on every node, not assumed."""
+
+import pytest
+import ray
+
+from gmptl import runtime
+from gmptl.errors import ConfigError
+
+NODES = [{"Alive": True, "NodeID": "a" * 16, "NodeManagerAddress": "10.0.0.1"},
+         {"Alive": True, "NodeID": "b" * 16, "NodeManagerAddress": "10.0.0.2"},
+         {"Alive": False, "NodeID": "c" * 16, "NodeManagerAddress": "10.0.0.3"}]  # fmt: skip
+
+
+def test_a_folder_one_node_cannot_see_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(ray, "nodes", lambda: NODES)
+    probed = []
+
+    def probe(nodes, path):
+        probed.append((len(nodes), path))
+        assert (tmp_path / "out").exists()  # the marker exists while the nodes look
+        return {"10.0.0.1 (aaaaaaaa)": True, "10.0.0.2 (bbbbbbbb)": False}
+
+    monkeypatch.setattr(runtime, "_probe", probe)
+    with pytest.raises(ConfigError, match=r"output_dir=.*out is not shared storage: nodes \['10\.0\.0\.2"):
+        runtime.check_shared_storage({"output_dir": str(tmp_path / "out")})
+    assert probed[0][0] == 2  # dead nodes are not asked
+    assert list((tmp_path / "out").iterdir()) == []  # the marker is removed
+
+
+def test_shared_folders_and_object_stores_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(ray, "nodes", lambda: NODES)
+    monkeypatch.setattr(runtime, "_probe", lambda nodes, path: {"x": True, "y": True})
+    runtime.check_shared_storage({"output_dir": str(tmp_path), "runtime.storage_path": "s3://bucket/ray"})
+    assert runtime.unshared_nodes("gs://b/x", {"n": False}) == []
+
+
+def test_single_node_is_not_probed(tmp_path, monkeypatch):
+    monkeypatch.setattr(ray, "nodes", lambda: NODES[:1])
+    monkeypatch.setattr(runtime, "_probe", lambda *a: pytest.fail("probed a single-node cluster"))
+    runtime.check_shared_storage({"output_dir": str(tmp_path)})
