@@ -105,3 +105,24 @@ def make_stage(name: str, cfg: TrainConfig, n_emotions: int, ks: list[int] | Non
     if name == "gmp" and not ks:
         raise ValueError("stage gmp needs the K of every GMP stream (clustering.k)")
     return Stage(name, cfg, n_emotions, list(ks or []))
+
+
+def track_best(state: dict[str, Any], epoch: int, score: float, mode: str) -> bool:
+    """Record ``epoch``'s selection score in ``state`` (best_score, best_epoch, since_best); True if it is the best.
+
+    Ties keep the earlier epoch: a later epoch must be strictly better to be selected.
+    """
+    better = state.get("best_score") is None or (
+        score > state["best_score"] if mode == "max" else score < state["best_score"]
+    )
+    if better:
+        state.update(best_score=score, best_epoch=epoch, since_best=0)
+    else:
+        state["since_best"] = state.get("since_best", 0) + 1
+    state["epoch"] = epoch
+    return better
+
+
+def should_stop(state: dict[str, Any], patience: int | None) -> bool:
+    """Early stopping: ``patience`` epochs in a row without a new best (None = never)."""
+    return patience is not None and state.get("since_best", 0) >= patience

@@ -24,7 +24,7 @@ from gmptl.models.factory import build_model, configure_training
 from gmptl.training import data as tdata
 from gmptl.training.checkpoint import load_checkpoint, save_checkpoint
 from gmptl.training.loop import EpochStats, all_reduce_stats, lr_lambda, run_epoch
-from gmptl.training.stages import make_stage
+from gmptl.training.stages import make_stage, should_stop, track_best
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         run = Run(job["mlflow"]["uri"], job["mlflow"]["run_id"])
 
     for epoch in range(state["epoch"] + 1, stage_cfg.epochs + 1):
-        if stage_cfg.patience is not None and state["since_best"] >= stage_cfg.patience:
+        if should_stop(state, stage_cfg.patience):
             break
         # Every rank draws from the same plan (seed, epoch) and takes its own batches; crops, gains,
         # masks and dropout draw from (seed, epoch, rank): an epoch replays exactly after a restart.
@@ -167,14 +167,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         m = {"epoch": epoch, "lr": lr, "repeated_batches": n_repeated}
         m |= train_stats.metrics("train_", labels, sr) | val_stats.metrics("val_", labels, sr)
         score = m[metric]
-        better = state["best_score"] is None or (
-            score > state["best_score"] if mode == "max" else score < state["best_score"]
-        )
-        if better:
-            state |= {"best_score": score, "best_epoch": epoch, "since_best": 0}
-        else:
-            state["since_best"] += 1
-        state["epoch"] = epoch
+        track_best(state, epoch, score, mode)
         m |= {"score": score, "best_score": state["best_score"], "best_epoch": state["best_epoch"]}
         state.setdefault("history", []).append({k: v for k, v in m.items() if isinstance(v, (int, float))})
         m["val_confusion"] = val_stats.confusion.tolist() if val_stats.confusion is not None else []

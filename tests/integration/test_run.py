@@ -1,10 +1,15 @@
 """`gmptl run` end to end through the CLI on a shortened demo config: every stage, per fold, then the report."""
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from proctree import kill_tree
 
 from gmptl import paths
 from gmptl.cli import main
@@ -22,6 +27,9 @@ SHORT = ["data.synth.n_utterances=40", "folds.scheme=speaker_kfold", "folds.n_fo
          "stages.mtl.epochs=1", "stages.gmp.epochs=1", "stages.utterance.epochs=1"]  # fmt: skip
 
 
+REFERENCE: dict = {}  # the uninterrupted run's report, for the restart test below
+
+
 def test_run_end_to_end_then_cached(ray_session, tmp_path, capsys):
     sets = [a for item in [f"output_dir={tmp_path}", *SHORT] for a in ("--set", item)]
     assert main(["run", "jobs/demo.yaml", *sets]) == 0
@@ -33,6 +41,7 @@ def test_run_end_to_end_then_cached(ray_session, tmp_path, capsys):
     cfg = load_config("jobs/demo.yaml", [f"output_dir={tmp_path}", *SHORT])
     run = paths.run_dir(cfg)
     report = json.loads((run / "report.json").read_text())
+    REFERENCE["report"] = report
     assert set(report) == {"labels", "folds", "war_mean", "war_std", "uar_mean", "uar_std", "confusion_sum",
                            "config_hash"}  # fmt: skip
     assert report["labels"] == ["neutral", "happy", "sad", "angry"] and len(report["folds"]) == 2
@@ -84,3 +93,40 @@ def test_run_end_to_end_then_cached(ray_session, tmp_path, capsys):
     again = capsys.readouterr().out
     assert "(ran)" not in again and time.perf_counter() - t0 < 30
     assert json.loads((run / "report.json").read_text()) == report
+
+
+def _fold_results(report: dict) -> list:
+    return [
+        {k: f[k] for k in ("fold", "test_speakers", "n_test", "war", "uar", "confusion")}
+        for f in report["folds"]
+    ]
+
+
+def test_run_killed_mid_fold_then_restarted_gives_the_same_report(ray_session, tmp_path):
+    """SIGKILL the whole `gmptl run` (driver and its Ray) inside fold 0, rerun: same report as uninterrupted."""
+    if "report" not in REFERENCE:
+        pytest.skip("needs the uninterrupted run of test_run_end_to_end_then_cached")
+    sets = [f"output_dir={tmp_path}", *SHORT, "runtime.parallel_folds=1", "runtime.dashboard=false"]
+    args = [a for item in sets for a in ("--set", item)]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "gmptl.cli", "run", "jobs/demo.yaml", *args], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        # folds one after another: fold 0's stage 1 is done, its stage 2 and all of fold 1 are not
+        deadline = time.monotonic() + 300
+        while not list(Path(tmp_path, "train", "gmp").glob("*/fold0/stage.json")):
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "fold 0 never finished stage 1"
+            time.sleep(0.5)
+    finally:
+        kill_tree(proc, crash=True)
+        log.close()
+    cfg = load_config("jobs/demo.yaml", sets)
+    assert not (paths.run_dir(cfg) / "report.json").exists()
+    assert not list(Path(tmp_path, "train", "utterance").glob("*/fold0/stage.json"))
+
+    assert main(["run", "jobs/demo.yaml", *args]) == 0
+    report = json.loads((paths.run_dir(cfg) / "report.json").read_text())
+    assert _fold_results(report) == _fold_results(REFERENCE["report"])

@@ -71,3 +71,17 @@ def test_bf16_training_step_on_gpu():
     losses = [run_epoch(model, batches, stage, torch.device("cuda"), optimizer=opt, bf16=True).loss_sum
               for _ in range(4)]  # fmt: skip
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_best_epoch_tracking_and_early_stopping():
+    from gmptl.training.stages import should_stop, track_best
+
+    state: dict = {}
+    # max mode: a tie keeps the earlier epoch; patience counts epochs since the best
+    assert [track_best(state, e, s, "max") for e, s in enumerate([0.3, 0.5, 0.5, 0.4], 1)] == [
+        True, True, False, False]  # fmt: skip
+    assert (state["best_epoch"], state["best_score"], state["since_best"], state["epoch"]) == (2, 0.5, 2, 4)
+    assert should_stop(state, 2) and not should_stop(state, 3) and not should_stop(state, None)
+    low: dict = {}
+    assert [track_best(low, e, s, "min") for e, s in enumerate([2.0, 1.5, 1.7], 1)] == [True, True, False]
+    assert low["best_epoch"] == 2 and not should_stop(low, 2)

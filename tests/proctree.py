@@ -1,0 +1,57 @@
+"""Process trees of the subprocesses tests start (a Ray head, a `gmptl run`): found via /proc, killed by pid."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _live(procs: dict[int, int]) -> dict[int, int]:
+    """The processes of ``procs`` (pid -> start time) still running: a reused pid has another start time."""
+    return {p: t for p, t in procs.items() if (st := _stat(p)) is not None and st[0] != "Z" and st[2] == t}
+
+
+def _with_descendants(procs: dict[int, int]) -> dict[int, int]:
+    """``procs`` and every live descendant of them (from /proc), as pid -> start time."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        if (st := _stat(int(d))) is not None:
+            children.setdefault(st[1], []).append((int(d), st[2]))
+    out = dict(procs)
+    todo = list(_live(procs))
+    while todo:
+        for pid, start in children.get(todo.pop(), []):
+            if pid not in out:
+                out[pid] = start
+                todo.append(pid)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen, grace_s: float = 2.0, crash: bool = False) -> None:
+    """SIGTERM the head's process tree, SIGKILL what is left after ``grace_s`` (the blocked `ray start` and
+    gcs_server do not always exit on SIGTERM). Only processes under our `ray start` are signalled, each
+    checked by pid and start time (never `ray stop`, never by name). ``crash``: SIGKILL at once, as an
+    out-of-memory kill or a lost node would."""
+    st = _stat(proc.pid)
+    procs = {proc.pid: st[2]} if st else {}
+    plan = [(signal.SIGKILL, 5.0)] if crash else [(signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)]
+    for sig, wait_s in plan:
+        procs = _with_descendants(procs)  # workers started since the last look
+        for pid in _live(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while _live(procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    proc.wait(timeout=5)
