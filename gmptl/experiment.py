@@ -153,13 +153,19 @@ def step_label(cfg: Config, df: pd.DataFrame, fold: Fold, steps: dict[str, str])
     index = assign_labels(
         paths.features_dir(cfg, fold.index), centroids, layer, parts, cfg.clustering, cfg.runtime, out
     )
-    report = {"layer": layer, "n_utterances": int(len(index)), "quality": label_quality(cfg, df, out, index)}
+    quality, counts = label_quality(cfg, df, out, index)
+    report = {"layer": layer, "n_utterances": int(len(index)), "quality": quality, "counts": counts}
     (out / "labels.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def label_quality(cfg: Config, df: pd.DataFrame, out: Path, index: pd.DataFrame) -> dict[str, Any]:
-    """Per K and part: usage, entropy, and (synthetic corpus) purity/NMI against the true frame emotion."""
+def label_quality(
+    cfg: Config, df: pd.DataFrame, out: Path, index: pd.DataFrame
+) -> tuple[dict[str, Any], dict[str, dict[str, list[int]]]]:
+    """Per K and part: usage, entropy, and (synthetic corpus) purity/NMI against the true frame emotion.
+
+    Also returns the frames per cluster (K -> part -> counts), drawn as the run's cluster-usage figure.
+    """
     from gmptl.clustering.pipeline import LabelStore
     from gmptl.clustering.quality import contingency, frame_truth, purity_nmi, usage
     from gmptl.data.synth import EMOTIONS, SEGMENTS_FILE, read_segments
@@ -168,6 +174,7 @@ def label_quality(cfg: Config, df: pd.DataFrame, out: Path, index: pd.DataFrame)
     segments = read_segments(root) if (root / SEGMENTS_FILE).is_file() else None
     labels = LabelStore(out)
     quality: dict[str, Any] = {}
+    all_counts: dict[str, dict[str, list[int]]] = {}
     for k in cfg.clustering.k:
         for part_name, group in index.groupby("part"):
             counts = np.zeros(k, np.int64)
@@ -182,8 +189,9 @@ def label_quality(cfg: Config, df: pd.DataFrame, out: Path, index: pd.DataFrame)
             if segments is not None:
                 row |= purity_nmi(table)
             quality.setdefault(str(k), {})[part_name] = row
+            all_counts.setdefault(str(k), {})[part_name] = counts.tolist()
             log.info("fold labels k=%d %s: %s", k, part_name, {a: round(b, 3) for a, b in row.items()})
-    return quality
+    return quality, all_counts
 
 
 def train_folds(cfg: Config, stage: str, fold_sel: str = "all") -> list[dict[str, Any]]:
@@ -265,9 +273,53 @@ def _parent_run(cfg: Config):  # noqa: ANN202
                              params=to_dict(cfg), tags={"gmptl.config_hash": h})  # fmt: skip
 
 
-def write_run_report(cfg: Config, labels: list[str], entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """report.json / report.md and the figures in ``paths.run_dir``."""
-    from gmptl.evaluation.plots import confusion_png, fold_bars_png
+def frame_track_pngs(cfg: Config, df: pd.DataFrame, fold: Fold, folder: Path, n: int = 3) -> list[str]:
+    """The frame-level emotion track under the waveform for ``n`` test utterances of ``fold``.
+
+    On the synthetic corpus the utterances whose emotion changes part-way are drawn first (their
+    true segments are known); the stage-2 model's windows are the training crop length.
+    """
+    from gmptl.data.synth import SEGMENTS_FILE, read_segments
+    from gmptl.inference.predict import Predictor
+
+    test = fold.select(df, "test")
+    root = paths.corpus_root(cfg)
+    order = list(test.utt_id)
+    if (root / SEGMENTS_FILE).is_file():
+        segments = read_segments(root)
+        order.sort(key=lambda u: len({seg[2] for seg in segments.get(u, [])}) < 2)  # changing ones first
+    predictor = Predictor(
+        paths.stage_dir(cfg, fold.index, "utterance") / "best",
+        window_s=cfg.stages.utterance.crop_s,
+        device="cpu",
+    )
+    by_id = test.set_index("utt_id")
+    names = []
+    for utt in order[:n]:
+        path = str(by_id.loc[utt, "path"])
+        wave = predictor.load(path)
+        pred = predictor.predict([wave], [path])[0]
+        name = f"track_fold{fold.index}_{utt}.png"
+        predictor.plot(wave, pred, folder / name)
+        names.append(name)
+    return names
+
+
+def write_run_report(
+    cfg: Config,
+    labels: list[str],
+    entries: list[dict[str, Any]],
+    trained: dict[str, list[dict[str, Any]]] | None = None,
+    label_reports: list[dict[str, Any]] | None = None,
+    tracks: list[str] | None = None,
+) -> dict[str, Any]:
+    """report.json / report.md and the figures in ``paths.run_dir``.
+
+    Figures: the summed test confusion matrix, per-fold WAR/UAR, each stage's training curves
+    across folds (``trained``: stage -> stage.json per fold) and the GMP cluster usage per K on
+    the training speakers (``label_reports``: labels.json per fold).
+    """
+    from gmptl.evaluation.plots import cluster_usage_png, confusion_png, fold_bars_png, stage_curves_png
     from gmptl.evaluation.report import build_report, write_report
 
     report = build_report(labels, entries, config_hash(cfg))
@@ -275,7 +327,20 @@ def write_run_report(cfg: Config, labels: list[str], entries: list[dict[str, Any
     confusion_png(np.asarray(report["confusion_sum"]), labels, folder / "confusion_sum.png",
                   "test speakers, summed over folds")  # fmt: skip
     fold_bars_png(report, folder / "folds_war_uar.png")
-    write_report(report, folder, "\n![confusion](confusion_sum.png)\n\n![folds](folds_war_uar.png)\n")
+    figures = ["![confusion](confusion_sum.png)", "![folds](folds_war_uar.png)"]
+    for stage, manifests in (trained or {}).items():
+        runs = [(f"fold {m['fold']}", m["history"]) for m in manifests if m.get("history")]
+        if runs:
+            metric = manifests[0]["selection"]["metric"]
+            stage_curves_png(runs, metric, folder / f"curves_{stage}.png", f"stage {stage}: training curves")
+            figures.append(f"![{stage}](curves_{stage}.png)")
+    usage = {int(k): [np.asarray(r["counts"][str(k)]["train"]) for r in label_reports or [] if "counts" in r]
+             for k in cfg.clustering.k}  # fmt: skip
+    if label_reports and all(len(v) == len(label_reports) for v in usage.values()):
+        cluster_usage_png(usage, folder / "cluster_usage.png", "GMP cluster usage, training speakers")
+        figures.append("![cluster usage](cluster_usage.png)")
+    figures += [f"![{t}]({t})" for t in tracks or []]
+    write_report(report, folder, "\n" + "\n\n".join(figures) + "\n")
     save_config(cfg, folder / "config.yaml")
     return report
 
@@ -384,7 +449,7 @@ def run_experiment(cfg: Config, until: str = "evaluate", only_folds: list[int] |
     def run_fold(fold: Fold, c: Config) -> dict[str, Any]:
         """One (fold, seed): its steps in order; returns what it trained, extracted and evaluated."""
         tag = fold.name + (f",seed{c.stages.utterance.seed}" if seeded else "")
-        got: dict[str, Any] = {"trained": {}, "extract": [], "entry": None}
+        got: dict[str, Any] = {"trained": {}, "extract": [], "entry": None, "labels": None}
 
         def train(stage: str) -> None:
             done = (paths.stage_dir(c, fold.index, stage) / "stage.json").is_file()
@@ -400,7 +465,7 @@ def run_experiment(cfg: Config, until: str = "evaluate", only_folds: list[int] |
                 if until != "extract":
                     step_cluster(c, df, fold, steps)
                     if until != "cluster":
-                        step_label(c, df, fold, steps)
+                        got["labels"] = step_label(c, df, fold, steps)
         for stage in ("gmp", "utterance"):
             if stage in stages:
                 train(stage)
@@ -420,6 +485,7 @@ def run_experiment(cfg: Config, until: str = "evaluate", only_folds: list[int] |
         results = [run_fold(fold, c) for fold, c in jobs]
     trained: dict[str, list[dict[str, Any]]] = {}
     entries: list[dict[str, Any]] = []
+    label_reports = [got["labels"] for got in results if got["labels"] is not None]
     for got in results:
         for stage, m in got["trained"].items():
             trained.setdefault(stage, []).append(m)
@@ -430,14 +496,18 @@ def run_experiment(cfg: Config, until: str = "evaluate", only_folds: list[int] |
     if entries:
         from gmptl.training.pipeline import class_names
 
-        report = write_run_report(cfg, class_names(df), entries)
+        folder = paths.run_dir(cfg)
+        folder.mkdir(parents=True, exist_ok=True)
+        tracks = frame_track_pngs(seed_configs(cfg)[0], df, folds[0], folder)
+        report = write_run_report(cfg, class_names(df), entries, trained, label_reports, tracks)
         if parent is not None:
             folder = paths.run_dir(cfg)
             parent.log_metrics({k: report[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std")}, step=0)
             for f in report["folds"]:
                 parent.log_metrics({"test_war": f["war"], "test_uar": f["uar"]}, step=f["fold"])
-            for name in ("report.json", "report.md", "confusion_sum.png", "folds_war_uar.png", "config.yaml"):
-                parent.log_artifact(folder / name)
+            for f in sorted(folder.iterdir()):
+                if f.suffix in (".json", ".md", ".png", ".yaml"):
+                    parent.log_artifact(f)
             parent.finish()
     log.info("run %s: %s", config_hash(cfg), steps)
     return RunOutputs(

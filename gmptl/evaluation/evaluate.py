@@ -46,6 +46,11 @@ def probabilities(scores: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     return torch.softmax(scale * scores.float(), dim=-1)
 
 
+def autocast(device: str) -> torch.autocast:
+    """bf16 autocast on CUDA, a no-op elsewhere: how every whole-utterance forward pass runs."""
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+
+
 @torch.inference_mode()
 def evaluate_model(
     model_dir: str | Path,
@@ -66,7 +71,7 @@ def evaluate_model(
         [it.n_samples for it in items], int(max_batch_audio_s * sample_rate_hz)
     ):
         batch = ds.collate([tdata.Request(i) for i in batch_idx])
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+        with autocast(device):
             out = model(batch["wave"].to(device), batch["n_samples"].to(device))
         probs[batch_idx] = probabilities(out["emotion"], meta).cpu().numpy()
     true = np.array([it.emotion for it in items], np.int64)

@@ -86,3 +86,102 @@ def fold_bars_png(report: dict[str, Any], path: str | Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(plt, fig, path)
+
+
+def stage_curves_png(runs: list[tuple[str, list[dict[str, Any]]]], metric: str, path: str | Path,
+                     title: str = "") -> Path:  # fmt: skip
+    """One stage across folds: training loss and the selection metric per epoch, one line per fold."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, history in runs:
+        epochs = [h["epoch"] for h in history]
+        if all("train_loss" in h for h in history):
+            a.plot(epochs, [h["train_loss"] for h in history], marker=".", label=name)
+        if all(metric in h for h in history):
+            b.plot(epochs, [h[metric] for h in history], marker=".", label=name)
+    a.set_xlabel("epoch")
+    a.set_title("train_loss")
+    b.set_xlabel("epoch")
+    b.set_title(metric)
+    b.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+def cluster_usage_png(counts: dict[int, list[np.ndarray]], path: str | Path, title: str = "") -> Path:
+    """GMP cluster occupancy per K: clusters sorted by size (share of frames, log scale), one line per fold.
+
+    A flat curve is balanced usage; a steep drop or an early end means a few clusters take most
+    frames or some are empty.
+    """
+    plt = _plt()
+    ks = sorted(counts)
+    fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks), 3.0), squeeze=False)
+    for ax, k in zip(axes[0], ks, strict=True):
+        for i, c in enumerate(counts[k]):
+            share = np.sort(np.asarray(c, np.float64))[::-1] / max(int(np.sum(c)), 1)
+            used = int((share > 0).sum())
+            ax.plot(np.arange(1, used + 1), share[:used], label=f"fold {i}: {used}/{k} used")
+        ax.axhline(1 / k, color="grey", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("cluster (by size)")
+        ax.set_title(f"K = {k}")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("share of frames")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+def frame_track_png(
+    wave: np.ndarray,
+    sample_rate_hz: int,
+    frames: list[dict[str, Any]],
+    labels: list[str],
+    path: str | Path,
+    title: str = "",
+    frame_probabilities: np.ndarray | None = None,
+    frame_hop_s: float = 0.02,
+) -> Path:
+    """The timeline of ``gmptl predict``: the waveform, the frame-level emotion track drawn under it
+    (segments {start_s, end_s, emotion}, one colour per label) and, if given, the per-frame class
+    probabilities (n_frames, C) on the same time axis (frame i at ``i * frame_hop_s``)."""
+    plt = _plt()
+    wave = np.asarray(wave, dtype=np.float32)
+    duration_s = len(wave) / sample_rate_hz
+    colours = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(labels)}
+    n_rows = 3 if frame_probabilities is not None else 2
+    fig, axes = plt.subplots(n_rows, 1, sharex=True, figsize=(min(16.0, max(6.0, 1.2 * duration_s)), 1.3 * n_rows + 1),
+                             gridspec_kw={"height_ratios": [3, 1, 2][:n_rows]})  # fmt: skip
+    # Long files: draw the min/max envelope of ~4000 buckets instead of every sample.
+    bucket = max(1, len(wave) // 4000)
+    n_b = len(wave) // bucket
+    env = wave[: n_b * bucket].reshape(n_b, bucket)
+    t = (np.arange(n_b) + 0.5) * bucket / sample_rate_hz
+    axes[0].fill_between(t, env.min(1), env.max(1), color="0.35", linewidth=0)
+    axes[0].set_ylabel("wave")
+    axes[0].set_title(title)
+    track = axes[1]
+    for seg in frames:
+        track.broken_barh(
+            [(seg["start_s"], seg["end_s"] - seg["start_s"])], (0, 1), color=colours[seg["emotion"]]
+        )
+        if seg["end_s"] - seg["start_s"] > 0.06 * duration_s:
+            track.text((seg["start_s"] + seg["end_s"]) / 2, 0.5, seg["emotion"], ha="center", va="center",
+                       fontsize=8, color="white")  # fmt: skip
+    track.set_yticks([])
+    track.set_ylabel("emotion")
+    track.set_ylim(0, 1)
+    if frame_probabilities is not None:
+        probs = np.asarray(frame_probabilities)
+        tf = np.arange(len(probs)) * frame_hop_s
+        for j, lab in enumerate(labels):
+            axes[2].plot(tf, probs[:, j], color=colours[lab], linewidth=1, label=lab)
+        axes[2].set_ylim(-0.03, 1.03)
+        axes[2].set_ylabel("p")
+        axes[2].legend(fontsize=7, ncol=len(labels), loc="upper right")
+    axes[-1].set_xlabel("time (s)")
+    axes[-1].set_xlim(0, duration_s)
+    fig.tight_layout()
+    return _save(plt, fig, path)

@@ -50,9 +50,17 @@ def test_run_end_to_end_then_cached(ray_session, tmp_path, capsys):
         assert np.asarray(f["confusion"]).sum() == f["n_test"] and 0 <= f["uar"] <= 1
     assert sum(f["n_test"] for f in report["folds"]) == 40  # every utterance tested exactly once
     assert np.asarray(report["confusion_sum"]).sum() == 40
-    assert {"report.md", "confusion_sum.png", "folds_war_uar.png", "config.yaml"} <= {
-        p.name for p in run.iterdir()
-    }
+    assert {
+        "report.md",
+        "confusion_sum.png",
+        "folds_war_uar.png",
+        "config.yaml",
+        "curves_mtl.png",
+        "curves_gmp.png",
+        "curves_utterance.png",
+        "cluster_usage.png",
+    } <= {p.name for p in run.iterdir()}
+    assert len(list(run.glob("track_fold0_*.png"))) == 3  # frame tracks of test utterances under their waveform
 
     # features of each fold come from that fold's stage-0 model (gender-augmented GMPs)
     df = read_manifest(paths.manifest_path(cfg))

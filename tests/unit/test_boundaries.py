@@ -48,6 +48,9 @@ TORCH_PURE = [
     "gmptl.training.loop",
     "gmptl.training.checkpoint",
     "gmptl.training.worker",  # imports ray lazily, inside the function Ray Train runs
+    "gmptl.inference.predict",
+    "gmptl.inference.export",
+    "gmptl.ablations",
     "gmptl.evaluation.plots",
 ]
 
