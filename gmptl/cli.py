@@ -129,13 +129,37 @@ def folds(manifest: str, out: str | None, as_json: bool, config: str | None, set
 @click.option("--until", type=click.Choice(["folds", "mtl", "extract", "cluster", "label", "gmp", "utterance",
                                            "evaluate"]), default="evaluate", show_default=True,
               help="Stop after this step.")  # fmt: skip
+@click.option("--ablations", is_flag=True,
+              help="Also run every ablation of CONFIG_FILE.ablations.yaml (or --ablations-file) and print "
+                   "one comparison table.")  # fmt: skip
+@click.option("--ablations-file", type=click.Path(dir_okay=False), default=None,
+              help="Ablations to run (implies --ablations).")  # fmt: skip
+@click.option("--fold", "fold_sel", type=int, multiple=True,
+              help="Run only this fold (0-based; repeatable); the report covers those folds.")  # fmt: skip
 @_set_option
-def run(config_file: str, until: str, sets: tuple[str, ...]) -> None:
+def run(
+    config_file: str,
+    until: str,
+    ablations: bool,
+    ablations_file: str | None,
+    fold_sel: tuple[int, ...],
+    sets: tuple[str, ...],
+) -> None:
     """Run the experiment of CONFIG_FILE: every step per fold, each cached by config hash (resumable)."""
     from gmptl.experiment import run_experiment
 
+    if ablations or ablations_file:
+        from gmptl.ablations import run_ablations
+
+        if until != "evaluate":
+            raise click.UsageError("--ablations compares test results: it cannot stop early (--until)")
+        folder, text = run_ablations(config_file, list(sets), ablations_file)
+        click.echo(
+            f"ablations (test speakers, mean ± std over folds):\n{text}\n\ntable: {folder / 'ablations.md'}"
+        )
+        return
     cfg = _load(config_file, sets)
-    out = run_experiment(cfg, until=until)
+    out = run_experiment(cfg, until=until, only_folds=list(fold_sel) or None)
     click.echo(_format_summary(out.summary))
     click.echo("")
     click.echo(_format_folds(out.fold_rows))
@@ -273,7 +297,13 @@ def _format_folds(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-# Subcommands that live in their own modules (one line each).
+# Subcommands that live in their own modules (each imports its heavy dependencies lazily).
+from gmptl.inference.commands import export_command, predict_command  # noqa: E402
+from gmptl.submit import jobs_group, submit_command  # noqa: E402
+from gmptl.tuning.cli import tune  # noqa: E402
+
+for _command in (tune, submit_command, jobs_group, predict_command, export_command):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import threading
 import types
 import typing
 from pathlib import Path
@@ -264,6 +266,79 @@ class _Reserved(_Section):
     """A section whose keys arrive with the stage that uses them."""
 
 
+TUNE_METRICS = ("val_uar", "val_war", "val_macro_f1", "val_loss")
+
+
+class TuneConfig(_Section):
+    """`gmptl tune`: a Ray Tune search (ASHA early stopping) over one training stage."""
+
+    stage: Literal["mtl", "gmp", "utterance"] = Field(
+        "utterance",
+        description="The stage each trial trains and whose validation metric is optimised; the steps "
+        "before it come from cache (computed once before the search when the space only touches this stage).",
+    )
+    metric: Literal["val_uar", "val_war", "val_macro_f1", "val_loss"] = Field(
+        "val_uar",
+        description="Validation metric optimised: a trial's score after epoch e is the mean over its folds "
+        "of each fold's best value up to e (the epoch the stage keeps). Stage `gmp` has only `val_loss`.",
+    )
+    mode: Literal["max", "min"] | None = Field(
+        None, description="null = derived: `min` for val_loss, `max` for the others."
+    )
+    folds: Literal["all"] | list[int] = Field(
+        default_factory=lambda: [0],
+        description="Folds each trial trains (in parallel, one Ray Train run each): indices (0-based), or "
+        "`all` for the mean over every fold.",
+    )
+    searcher: Literal["optuna", "hyperopt", "random"] = Field(
+        "optuna",
+        description="`optuna` (TPE) or `hyperopt` (TPE): model-based, need their package installed; "
+        "`random`: Ray Tune's random/grid sampler (the only one that expands `grid`).",
+    )
+    num_samples: int = Field(
+        8, ge=1, description="Trials (with `grid` params: repetitions of the whole grid, as Ray Tune)."
+    )
+    max_concurrent: int | None = Field(
+        None,
+        ge=1,
+        description="Trials at once; null = as many as the cluster's CPUs/GPUs hold, each trial needing its "
+        "folds x the stage's num_workers x num_cpus_per_worker (and GPUs with use_gpu).",
+    )
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial runs before it can be stopped.")
+    reduction_factor: int = Field(
+        2, ge=2, description="ASHA: 1/this of the trials at a rung go on to the next (rungs at grace x rf^k)."
+    )
+    seed: int = Field(0, description="Seed of the searcher's sampling.")
+    trial_cpus: float = Field(
+        0.01,
+        gt=0,
+        description="CPUs reserved for a trial's own process, which only waits on its Ray Train runs "
+        "(the training workers reserve theirs through stages.<stage>.*).",
+    )
+
+    @model_validator(mode="after")
+    def _metric(self) -> TuneConfig:
+        if self.stage == "gmp" and self.metric != "val_loss":
+            raise ValueError(
+                f"tune.metric={self.metric}: stage gmp has no emotion output to score; use tune.metric=val_loss"
+            )
+        want = "min" if self.metric == "val_loss" else "max"
+        if self.mode is not None and self.mode != want:
+            raise ValueError(
+                f"tune.mode={self.mode} with tune.metric={self.metric}: it is `{want}` (or null)"
+            )
+        if isinstance(self.folds, list) and (
+            not self.folds or min(self.folds) < 0 or len(set(self.folds)) != len(self.folds)
+        ):
+            raise ValueError(f"tune.folds={self.folds}: give distinct fold indices (0-based) or `all`")
+        return self
+
+    @property
+    def direction(self) -> str:
+        """`max` or `min`: tune.mode, or derived from the metric."""
+        return self.mode or ("min" if self.metric == "val_loss" else "max")
+
+
 class RuntimeConfig(_Section):
     """Where Ray runs and where training persists its checkpoints."""
 
@@ -286,6 +361,12 @@ class RuntimeConfig(_Section):
         None,
         description="Ray Train checkpoints and run state (shared storage or s3:// on a multi-node cluster); "
         "null = `<output_dir>/ray_results`.",
+    )
+    parallel_folds: int | None = Field(
+        None,
+        ge=1,
+        description="Folds trained at once; null = as many as the cluster's CPUs (and GPUs) hold, each "
+        "fold's training needing the largest stage's num_workers x num_cpus_per_worker (1 = one after another).",
     )
 
 
@@ -430,13 +511,19 @@ class Config(_Section):
     """The root of the config tree."""
 
     output_dir: str = Field("out/demo", description="Everything a run writes goes under this folder.")
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="`gmptl run` repeats every fold once per seed (each sets clustering.seed and every "
+        "stages.<stage>.seed); the report aggregates over folds and seeds. null = the configured seeds, once.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     clustering: ClusterConfig = Field(default_factory=ClusterConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
-    tune: _Reserved = Field(default_factory=_Reserved)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
@@ -574,7 +661,10 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the fully resolved config as YAML (loadable by :func:`load_config`)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    # Atomic: concurrent runs (folds, Tune trials) may save the same file; a reader never sees half of it.
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, p)
     return p
 
 

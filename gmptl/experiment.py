@@ -509,6 +509,8 @@ def run_experiment(cfg: Config, until: str = "evaluate", only_folds: list[int] |
                 if f.suffix in (".json", ".md", ".png", ".yaml"):
                     parent.log_artifact(f)
             parent.finish()
+    elif parent is not None:
+        parent.finish()  # stopped early (--until): the parent run ends with what ran
     log.info("run %s: %s", config_hash(cfg), steps)
     return RunOutputs(
         paths.corpus_root(cfg),

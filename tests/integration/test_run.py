@@ -60,7 +60,9 @@ def test_run_end_to_end_then_cached(ray_session, tmp_path, capsys):
         "curves_utterance.png",
         "cluster_usage.png",
     } <= {p.name for p in run.iterdir()}
-    assert len(list(run.glob("track_fold0_*.png"))) == 3  # frame tracks of test utterances under their waveform
+    assert (
+        len(list(run.glob("track_fold0_*.png"))) == 3
+    )  # frame tracks of test utterances under their waveform
 
     # features of each fold come from that fold's stage-0 model (gender-augmented GMPs)
     df = read_manifest(paths.manifest_path(cfg))
@@ -119,10 +121,12 @@ def test_run_killed_mid_fold_then_restarted_gives_the_same_report(ray_session, t
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 (closed below)
+    # fold 0 only (half the cost); its results must equal fold 0 of the uninterrupted two-fold run
+    args += ["--fold", "0"]
     proc = subprocess.Popen([sys.executable, "-m", "gmptl.cli", "run", "jobs/demo.yaml", *args], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        # folds one after another: fold 0's stage 1 is done, its stage 2 and all of fold 1 are not
+        # fold 0's stage 1 is done, its stage 2 and evaluation are not
         deadline = time.monotonic() + 300
         while not list(Path(tmp_path, "train", "gmp").glob("*/fold0/stage.json")):
             assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
@@ -137,4 +141,4 @@ def test_run_killed_mid_fold_then_restarted_gives_the_same_report(ray_session, t
 
     assert main(["run", "jobs/demo.yaml", *args]) == 0
     report = json.loads((paths.run_dir(cfg) / "report.json").read_text())
-    assert _fold_results(report) == _fold_results(REFERENCE["report"])
+    assert _fold_results(report) == _fold_results(REFERENCE["report"])[:1]

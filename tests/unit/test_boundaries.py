@@ -13,6 +13,9 @@ PURE = [
     "gmptl.data.folds",
     "gmptl.data.synth",
     "gmptl.data.logmel",
+    "gmptl.tuning.space",
+    "gmptl.tuning.trials",
+    "gmptl.tuning.locks",
 ]
 
 

@@ -1,0 +1,68 @@
+"""Cache locks: two concurrent trials never compute the same cached step folder at once.
+
+Every step output (a stage's model folder, a fold's features, codebooks, labels) lives
+under a folder keyed by the hash of the config that produced it (``gmptl.paths``), so
+two trials whose settings agree up to a step would write the same folder, and two
+trials that sample the same point would train the same stage folder (and the same Ray
+Train run in ``storage_path``). Before a trial computes a step it takes an exclusive
+POSIX lock (``fcntl.lockf``, which NFS also honours) on a small file named after that
+folder; whoever comes second waits, then finds the step cached. Locks are taken in
+sorted order, so two trials never wait on each other in a cycle; the OS drops them
+when a process dies (a trial stopped by ASHA holds nothing afterwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from gmptl import paths
+from gmptl.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def lock_file(cfg: Config, folder: Path) -> Path:
+    """The lock of a cache folder: ``<output_dir>/tune/locks/<hash of its path>.lock`` (outside the cache)."""
+    rel = str(folder.relative_to(paths.output_dir(cfg))) if folder.is_relative_to(paths.output_dir(cfg)) else str(folder)  # fmt: skip
+    return (
+        paths.output_dir(cfg) / "tune" / "locks" / (hashlib.sha256(rel.encode()).hexdigest()[:20] + ".lock")
+    )
+
+
+@contextlib.contextmanager
+def hold(cfg: Config, folders: list[Path]) -> Iterator[None]:
+    """Exclusive locks on ``folders`` (in sorted order) for the duration of the block."""
+    files = sorted({lock_file(cfg, f): f for f in folders}.items())
+    with contextlib.ExitStack() as stack:
+        for lock, folder in files:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fh = stack.enter_context(open(lock, "a+"))  # noqa: SIM115 - closed by the stack
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                t0 = time.monotonic()
+                log.info("waiting for another trial computing %s", folder)
+                fcntl.lockf(fh, fcntl.LOCK_EX)
+                log.info("got %s after %.1f s", folder, time.monotonic() - t0)
+        yield
+
+
+def step_folders(cfg: Config, fold: int, steps: set[str]) -> list[Path]:
+    """The cache folders of ``steps`` (names as in :data:`gmptl.tuning.space.STEPS`) for one fold."""
+    out: list[Path] = []
+    for step in sorted(steps):
+        if step in ("mtl", "gmp", "utterance"):
+            out.append(paths.stage_dir(cfg, fold, step))
+        elif step == "extract":
+            out.append(paths.features_dir(cfg, fold if cfg.features.source == "mtl" else None))
+        elif step == "cluster":
+            out.append(paths.clusters_dir(cfg, fold))
+        elif step == "label":
+            out.append(paths.labels_dir(cfg, fold))
+    return out
