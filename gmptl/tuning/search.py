@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import ray
 import ray.train
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from gmptl import paths, tracking
@@ -270,7 +271,10 @@ def run_search(config: str | Path | None, space_file: str | Path, sets: list[str
                 trial_name_creator=_trial_dirname,
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=tune.RunConfig(name=f"tune-{name}", storage_path=paths.storage_path(cfg), verbose=1),
+            # The JSON/CSV result loggers are named explicitly: the summary reads every trial's metrics
+            # from them, and TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1 (set to quiet Tune elsewhere) drops them.
+            run_config=tune.RunConfig(name=f"tune-{name}", storage_path=paths.storage_path(cfg), verbose=1,
+                                      callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]),
         )  # fmt: skip
     grid = tuner.fit()
     summary = summarize(cfg, space, grid, folds, base_yaml)

@@ -91,17 +91,15 @@ def test_run_demo_config_then_cached(tmp_path, ray_session, capsys):
     )
     assert steps in first.stdout and "label[kfold2] (ran)" in first.stdout
     assert "utterances: 40" in first.stdout and "Session5" in first.stdout
-    second = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    assert "steps: synth (cached), prepare (cached), folds (cached), extract (cached)" in second.stdout
-    assert "(ran)" not in second.stdout
+    capsys.readouterr()
+    assert main(["run", "jobs/demo.yaml", "--until", "label", *sets]) == 0
+    second = capsys.readouterr().out
+    assert "steps: synth (cached), prepare (cached), folds (cached), extract (cached)" in second
+    assert "(ran)" not in second
     for step in ("cluster", "label"):  # each step runs alone from the config (here: all cached)
-        alone = subprocess.run(
-            [*GMPTL, step, "jobs/demo.yaml", *sets], capture_output=True, text=True, check=True, env=env
-        )
-        assert (
-            f"{step}[kfold2] (cached)" in alone.stdout
-            and f"{step} outputs, fold 1: {tmp_path}" in alone.stdout
-        )
+        assert main([step, "jobs/demo.yaml", *sets]) == 0
+        alone = capsys.readouterr().out
+        assert f"{step}[kfold2] (cached)" in alone and f"{step} outputs, fold 1: {tmp_path}" in alone
     assert (tmp_path / "config.yaml").is_file()
     folds = json.loads(next((tmp_path / "folds").glob("*/folds.json")).read_text())
     assert len(folds["folds"]) == 2 and sum(f["n_test"] for f in folds["folds"]) == 40
