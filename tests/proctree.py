@@ -3,8 +3,10 @@
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 
@@ -55,3 +57,25 @@ def kill_tree(proc: subprocess.Popen, grace_s: float = 2.0, crash: bool = False)
         while _live(procs) and time.monotonic() < deadline:
             time.sleep(0.2)
     proc.wait(timeout=5)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, log_path: Path, what: str, timeout_s: float = 90) -> None:
+    """Poll ``url`` until it answers 200; an error with the log's tail if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start:\n{Path(log_path).read_text()[-3000:]}")
+        time.sleep(0.5)

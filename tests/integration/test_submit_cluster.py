@@ -9,16 +9,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from proctree import kill_tree
+from proctree import free_port, kill_tree, wait_for_http
 
 from gmptl import paths
 from gmptl.cli import main
@@ -31,17 +28,11 @@ SHORT = ["data.synth.n_utterances=40", "data.synth.n_sessions=2", "stages.uttera
          "stages.utterance.epochs=1", "runtime.dashboard=false", "tracking.enabled=false"]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     """A 2-CPU Ray head with its job server on 127.0.0.1; yields the dashboard URL."""
     temp_dir = tempfile.mkdtemp(prefix="gmptl-head-", dir="/tmp")  # short: Ray's socket paths have a limit
-    ports = {opt: _free_port() for opt in ("port", "dashboard-port", "ray-client-server-port", "node-manager-port",
+    ports = {opt: free_port() for opt in ("port", "dashboard-port", "ray-client-server-port", "node-manager-port",
              "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
              "runtime-env-agent-port", "metrics-export-port")}  # fmt: skip
     bindir = Path(sys.executable).parent
@@ -59,18 +50,7 @@ def ray_head():
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/api/version", timeout=2) as r:
-                    json.loads(r.read())
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "ray head did not start:\n" + (Path(temp_dir) / "ray_start.log").read_text()[-3000:]
-                    ) from None
-                time.sleep(0.5)
+        wait_for_http(url + "/api/version", proc, Path(temp_dir) / "ray_start.log", "ray head")
         yield url
     finally:
         kill_tree(proc)

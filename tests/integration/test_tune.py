@@ -10,14 +10,12 @@ once, before the trials start, on a brand-new SQLite store.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from proctree import free_port, wait_for_http
 
 from gmptl.cli import main
 from gmptl.config import load_config
@@ -37,16 +35,10 @@ SMALL = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 (one worker, no job runner), its store and artifacts under tmp_path."""
-    port = _free_port()
+    port = free_port()
     root = tmp_path / "server"
     root.mkdir()
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed in the finaliser
@@ -59,17 +51,7 @@ def mlflow_server(tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_for_http(url + "/health", proc, root / "server.log", "mlflow server")
         yield url, root
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker (its own process group)
