@@ -5,5 +5,7 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Ray Train's controller polls its workers every 2 s by default; tests finish sooner with a shorter poll.
+# What gmptl.runtime.ensure_ray sets for an embedded Ray, also for the tests' own ray.init: Ray Train's
+# controller polls its workers every 0.5 s (2 s by default) and starts no preemption-watcher actor per fit.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")

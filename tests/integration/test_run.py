@@ -2,10 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +41,7 @@ def test_run_end_to_end_then_cached(ray_session, tmp_path, capsys):
     cfg = load_config("jobs/demo.yaml", [f"output_dir={tmp_path}", *SHORT])
     run = paths.run_dir(cfg)
     report = json.loads((run / "report.json").read_text())
-    REFERENCE["report"] = report
+    REFERENCE["report"], REFERENCE["output_dir"] = report, tmp_path
     assert set(report) == {"labels", "folds", "war_mean", "war_std", "uar_mean", "uar_std", "confusion_sum",
                            "config_hash"}  # fmt: skip
     assert report["labels"] == ["neutral", "happy", "sad", "angry"] and len(report["folds"]) == 2
@@ -116,19 +116,27 @@ def test_run_killed_mid_fold_then_restarted_gives_the_same_report(ray_session, t
     """SIGKILL the whole `gmptl run` (driver and its Ray) inside fold 0, rerun: same report as uninterrupted."""
     if "report" not in REFERENCE:
         pytest.skip("needs the uninterrupted run of test_run_end_to_end_then_cached")
-    sets = [f"output_dir={tmp_path}", *SHORT, "runtime.parallel_folds=1", "runtime.dashboard=false"]
+    # Start from a copy of the uninterrupted run's folder (a moved folder keeps its caches) without fold 0's
+    # stages 1 and 2 and the report: the killed run recomputes only those, which keeps this test short.
+    out = tmp_path / "out"
+    shutil.copytree(REFERENCE["output_dir"], out)
+    for stage in ("gmp", "utterance"):
+        for d in [*out.glob(f"train/{stage}/*/fold0"), *out.glob(f"ray_results/{stage}-fold0-*")]:
+            shutil.rmtree(d)
+    shutil.rmtree(out / "runs")
+    sets = [f"output_dir={out}", *SHORT, "runtime.parallel_folds=1", "runtime.dashboard=false"]
     args = [a for item in sets for a in ("--set", item)]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 (closed below)
-    # fold 0 only (half the cost); its results must equal fold 0 of the uninterrupted two-fold run
+    # fold 0 only; its results must equal fold 0 of the uninterrupted two-fold run
     args += ["--fold", "0"]
     proc = subprocess.Popen([sys.executable, "-m", "gmptl.cli", "run", "jobs/demo.yaml", *args], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         # fold 0's stage 1 is done, its stage 2 and evaluation are not
         deadline = time.monotonic() + 300
-        while not list(Path(tmp_path, "train", "gmp").glob("*/fold0/stage.json")):
+        while not list(out.glob("train/gmp/*/fold0/stage.json")):
             assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "fold 0 never finished stage 1"
             time.sleep(0.5)
@@ -137,7 +145,7 @@ def test_run_killed_mid_fold_then_restarted_gives_the_same_report(ray_session, t
         log.close()
     cfg = load_config("jobs/demo.yaml", sets)
     assert not (paths.run_dir(cfg) / "report.json").exists()
-    assert not list(Path(tmp_path, "train", "utterance").glob("*/fold0/stage.json"))
+    assert not list(out.glob("train/utterance/*/fold0/stage.json"))
 
     assert main(["run", "jobs/demo.yaml", *args]) == 0
     report = json.loads((paths.run_dir(cfg) / "report.json").read_text())

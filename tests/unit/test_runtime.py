@@ -1,9 +1,12 @@
 """On a multi-node cluster output_dir and storage_path must be shared: checked on every node, not assumed."""
 
+import os
+
 import pytest
 import ray
 
 from gmptl import runtime
+from gmptl.config import RuntimeConfig
 from gmptl.errors import ConfigError
 
 NODES = [{"Alive": True, "NodeID": "a" * 16, "NodeManagerAddress": "10.0.0.1"},
@@ -38,3 +41,25 @@ def test_single_node_is_not_probed(tmp_path, monkeypatch):
     monkeypatch.setattr(ray, "nodes", lambda: NODES[:1])
     monkeypatch.setattr(runtime, "_probe", lambda *a: pytest.fail("probed a single-node cluster"))
     runtime.check_shared_storage({"output_dir": str(tmp_path)})
+
+
+@pytest.mark.parametrize("address", [None, "ray://head:10001"])
+def test_only_an_embedded_ray_drops_the_preemption_watcher_and_polls_faster(monkeypatch, address):
+    env = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    for key in env:  # set first, so that teardown restores whatever was there before
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "cluster_resources", dict)
+    runtime.ensure_ray(RuntimeConfig(address=address))
+    got = {key: os.environ.get(key) for key in env}
+    if address:  # a real cluster keeps Ray Train's defaults (its spot nodes may be preempted)
+        assert calls[0]["address"] == address and got == dict.fromkeys(env)
+    else:
+        assert "address" not in calls[0] and got == dict(zip(env, ("0", "0.5"), strict=True))
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")  # a value the user set wins
+    runtime.ensure_ray(RuntimeConfig(address=address))
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
