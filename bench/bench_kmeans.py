@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--fairseq-n-init", type=int, default=20)
     ap.add_argument("--fairseq-max-iter", type=int, default=100)
     ap.add_argument("--skip-fairseq", action="store_true")
+    ap.add_argument("--actors", default="1,2", help="our job's actor counts to time (2 is the reference row)")
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
 
@@ -94,7 +95,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = []
     for k in ks:
-        for workers in (1, 2):
+        for workers in sorted({int(a) for a in args.actors.split(",")} | {2}):
             cfg = load_config(None, [f"clustering.k=[{k}]", f"clustering.max_frames={args.n}",
                                      f"clustering.n_iter={args.iters}", f"clustering.num_workers={workers}",
                                      "clustering.num_cpus_per_worker=1"]).clustering  # fmt: skip
