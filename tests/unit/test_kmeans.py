@@ -213,6 +213,31 @@ def test_kmeanspp_init_returns_distinct_sample_rows():
     np.testing.assert_array_equal(c, kmeanspp_init(x, 100, np.random.default_rng(14)))
 
 
+def _greedy_reference(x, k, rng, trials):
+    """Greedy k-means++ the slow, obvious way: each candidate's potential from exact differences."""
+    chosen = [int(rng.integers(len(x)))]
+    min_d2 = ((x - x[chosen[0]]) ** 2).sum(1)
+    for _ in range(1, k):
+        cumsum = np.cumsum(min_d2, dtype=np.float64)
+        cands = [int(np.searchsorted(cumsum, rng.random() * cumsum[-1], side="right")) for _ in range(trials)]
+        trial = [np.minimum(min_d2, ((x - x[c]) ** 2).sum(1)) for c in cands]
+        best = int(np.argmin([t.sum(dtype=np.float64) for t in trial]))
+        chosen.append(cands[best])
+        min_d2 = trial[best]
+    return x[chosen]
+
+
+def test_greedy_kmeanspp_picks_the_candidate_with_the_lowest_potential():
+    # The candidates are ranked with one GEMM (|x|^2 + |c|^2 - 2<x,c>); the choice must be the exact one.
+    x = mixture(3000, 16, 12, seed=21)
+    got = kmeanspp_init(x, 40, np.random.default_rng(22), n_local_trials=5)
+    np.testing.assert_array_equal(got, _greedy_reference(x, 40, np.random.default_rng(22), 5))
+    dup = x.copy()
+    dup[:1500] = dup[0]  # half the points identical: still k distinct rows, never a duplicate centre
+    c = kmeanspp_init(dup, 60, np.random.default_rng(23), n_local_trials=6)
+    assert len(np.unique(c, axis=0)) == 60
+
+
 def test_kmeanspp_init_errors():
     x = np.random.default_rng(15).standard_normal((10, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="only 10 rows"):
