@@ -26,7 +26,7 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
     else:
         # An embedded single-node Ray has no spot nodes for Ray Train's preemption watcher to watch (one
         # more actor process per fit) and no reason to poll workers only every 2 s: on a 2-core laptop
-        # the two cost ~3 s of each fit (bench/bench_fit_overhead.py). A value already set wins.
+        # the two cost ~2 s of each fit (bench/bench_fit_overhead.py). A value already set wins.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         # The dashboard process also serves the state API Ray Train's placement-group cleaner polls
