@@ -19,13 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-SETTINGS = {
-    "ray defaults": {},
-    "gmptl embedded": {
-        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    },
-}
+from gmptl.runtime import EMBEDDED_RAY_ENV
+
+SETTINGS = {"ray defaults": {}, "gmptl embedded": EMBEDDED_RAY_ENV}
 
 
 def child(repeats: int, cpus: float) -> None:
@@ -76,7 +72,7 @@ def main() -> None:
         return
     results = {}
     for name, env in SETTINGS.items():
-        clean = {k: v for k, v in os.environ.items() if k not in SETTINGS["gmptl embedded"]}
+        clean = {k: v for k, v in os.environ.items() if k not in EMBEDDED_RAY_ENV}
         proc = subprocess.run(
             [sys.executable, __file__, "--child", "--repeats", str(args.repeats),
              "--cpus-per-worker", str(args.cpus_per_worker)],

@@ -10,6 +10,12 @@ from gmptl.config import RuntimeConfig
 log = logging.getLogger(__name__)
 
 
+# Ray Train settings for an embedded single-node Ray: it has no spot nodes for the preemption watcher to
+# watch (one more actor process per fit) and no reason to poll workers only every 2 s. On a 2-core laptop
+# the two cost ~2 s of each fit (bench/bench_fit_overhead.py). A real cluster keeps Ray's defaults.
+EMBEDDED_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
 def ensure_ray(cfg: RuntimeConfig) -> None:
     """Initialise Ray once per process; a no-op when it is already up (tests share one session)."""
     import ray
@@ -24,11 +30,8 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # An embedded single-node Ray has no spot nodes for Ray Train's preemption watcher to watch (one
-        # more actor process per fit) and no reason to poll workers only every 2 s: on a 2-core laptop
-        # the two cost ~2 s of each fit (bench/bench_fit_overhead.py). A value already set wins.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        for key, value in EMBEDDED_RAY_ENV.items():  # a value already set wins
+            os.environ.setdefault(key, value)
         # The dashboard process also serves the state API Ray Train's placement-group cleaner polls
         # (without it, it logs "Failed to query ... State API" every few seconds). Bound to localhost.
         ray.init(

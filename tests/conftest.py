@@ -2,10 +2,12 @@
 
 import os
 
+from gmptl.runtime import EMBEDDED_RAY_ENV
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # What gmptl.runtime.ensure_ray sets for an embedded Ray, also for the tests' own ray.init: Ray Train's
 # controller polls its workers every 0.5 s (2 s by default) and starts no preemption-watcher actor per fit.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+for _key, _value in EMBEDDED_RAY_ENV.items():
+    os.environ.setdefault(_key, _value)

@@ -399,17 +399,16 @@ def kmeanspp_init(
             raise ValueError(f"the sample has only {i} distinct rows, fewer than k={k} centroids")
         if n_local_trials <= 1:
             chosen[i] = _draw(min_d2, cumsum, rng)
-            np.minimum(min_d2, _sq_dist_to(s, s[chosen[i]], buf), out=min_d2)
-            continue
-        # Greedy: score all L candidates with one multi-threaded GEMM pass over the sample (|x|^2 +
-        # |c|^2 - 2<x, c>) instead of L memory-bound passes: at K=4096, 82k x 768 that was ~15 min of
-        # the 25-min fit (bench/bench_kmeans.py). The GEMM form only ranks the candidates; the kept
-        # one's distances are then recomputed from differences, so duplicates stay at exactly 0.
-        cands = np.array([_draw(min_d2, cumsum, rng) for _ in range(n_local_trials)])
-        d2 = sq_norms[:, None] + sq_norms[cands][None, :] - 2.0 * (s @ s[cands].T)
-        np.maximum(d2, 0.0, out=d2)
-        pots = np.minimum(d2, min_d2[:, None]).sum(axis=0, dtype=np.float64)
-        chosen[i] = cands[int(np.argmin(pots))]
+        else:
+            # Greedy: score all L candidates with one multi-threaded GEMM pass over the sample (|x|^2 +
+            # |c|^2 - 2<x, c>) instead of L memory-bound passes: at K=4096, 82k x 768 that was ~15 min
+            # of the 25-min fit (bench/bench_kmeans.py). The GEMM form only ranks the candidates; the
+            # kept one's distances below come from differences, so duplicates stay at exactly 0.
+            cands = np.array([_draw(min_d2, cumsum, rng) for _ in range(n_local_trials)])
+            d2 = sq_norms[:, None] + sq_norms[cands][None, :] - 2.0 * (s @ s[cands].T)
+            np.maximum(d2, 0.0, out=d2)
+            pots = np.minimum(d2, min_d2[:, None]).sum(axis=0, dtype=np.float64)
+            chosen[i] = cands[int(np.argmin(pots))]
         np.minimum(min_d2, _sq_dist_to(s, s[chosen[i]], buf), out=min_d2)
     return s[chosen]
 

@@ -75,10 +75,9 @@ def test_run_demo_config_then_cached(tmp_path, ray_session, capsys):
         "data.synth.n_utterances=40",
         "clustering.k=[4,8]",
         "clustering.n_iter=3",
-        "folds.scheme=speaker_kfold",  # 2 folds instead of 5 keep this test short
+        "folds.scheme=speaker_kfold",  # 2 folds instead of the demo's 3 keep this test short
         "folds.n_folds=2",
         "features.source=pretrained",  # k-means on model.backbone: no stage-0 training in this test
-        "runtime.dashboard=false",  # each command starts its own Ray: skip the dashboard's start-up
     ]
     sets = [a for item in small for a in ("--set", item)]
     assert main(["run", "jobs/demo.yaml", "--until", "label", *sets]) == 0
