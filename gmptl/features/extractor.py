@@ -26,7 +26,13 @@ import numpy as np
 import torch
 
 from gmptl.config import FeatureConfig, ModelConfig
-from gmptl.models.backbone import build_backbone, check_layers, frame_geometry, uses_attention_mask
+from gmptl.models.backbone import (
+    build_backbone,
+    check_layers,
+    frame_geometry,
+    truncate_to,
+    uses_attention_mask,
+)
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,12 @@ class FeatureExtractor:
     ):
         self.cfg = features_cfg
         self.sample_rate_hz = sample_rate_hz
-        self.model = (model if model is not None else build_backbone(model_cfg)).eval()
+        own_model = model is None
+        self.model = (build_backbone(model_cfg) if own_model else model).eval()
         check_layers(self.model, list(features_cfg.layers))
+        if own_model:
+            # Only a model built here is cut down: a model handed in may be in use elsewhere.
+            truncate_to(self.model, max(features_cfg.layers))
         if device is None:
             device = "cuda" if features_cfg.num_gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)

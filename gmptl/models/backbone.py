@@ -106,6 +106,28 @@ def check_layers(model: PreTrainedModel, layers: list[int]) -> None:
         )
 
 
+def truncate_to(model: PreTrainedModel, deepest: int) -> int:
+    """Drop the transformer layers that ``hidden_states[1..deepest]`` do not need, in place.
+
+    Feature extraction keeps layer 10 of 12 by default (METHOD.md): running layers 11-12 is
+    pure waste. Stable-layer-norm encoders (HuBERT large) apply the final layer norm to the
+    *last* hidden state, so they keep one layer more and ``hidden_states[deepest]`` stays the
+    raw output it is in the whole model. Returns the number of layers kept.
+    """
+    d = depth(model)
+    if not 1 <= deepest <= d:
+        raise ConfigError(f"features.layers: layer {deepest} is outside 1..{d}, the transformer layers")
+    stable = bool(getattr(model.config, "do_stable_layer_norm", False))
+    keep = min(d, deepest + 1) if stable and deepest < d else deepest
+    layers = getattr(getattr(model, "encoder", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        return d  # an encoder of another shape: run it whole
+    if keep > len(layers):
+        raise ValueError(f"the encoder was already cut to {len(layers)} layers; layer {deepest} needs {keep}")
+    model.encoder.layers = layers[:keep]
+    return keep
+
+
 def n_frames(model: PreTrainedModel, n_samples: int | torch.Tensor) -> torch.Tensor:
     """Output frames of the CNN front-end for an input of ``n_samples`` (25 ms window, 20 ms hop)."""
     return model._get_feat_extract_output_lengths(torch.as_tensor(n_samples))

@@ -7,7 +7,14 @@ import torch
 from gmptl.config import load_config
 from gmptl.errors import ConfigError
 from gmptl.features.extractor import FeatureExtractor, chunk_spans, conv_geometry
-from gmptl.models.backbone import build_backbone, load_pretrained, n_frames, preset_config
+from gmptl.models.backbone import (
+    _FAMILIES,
+    build_backbone,
+    load_pretrained,
+    n_frames,
+    preset_config,
+    truncate_to,
+)
 
 
 def cfgs(*sets):
@@ -121,3 +128,46 @@ def test_presets_have_the_published_shapes():
     assert (large.hidden_size, large.num_hidden_layers, large.intermediate_size) == (1024, 24, 4096)
     with pytest.raises(ConfigError, match=r"features.layers=\[13\]: the 'base' preset has 12"):
         load_config(None, ["model.backbone=base", "features.layers=[13]"])
+
+
+@pytest.mark.parametrize("arch", ["hubert", "wav2vec2", "wavlm"])
+@pytest.mark.parametrize("stable", [False, True])
+def test_truncated_encoder_gives_the_whole_models_hidden_states(arch, stable):
+    """Extraction runs only the layers it keeps; hidden_states[1..deepest] must not change.
+
+    Stable-layer-norm encoders (HuBERT large) normalise the last hidden state, which is why
+    they keep one layer more: without it, hidden_states[deepest] would come out normalised.
+    """
+    config_cls, model_cls = _FAMILIES[arch]
+    config = preset_config("tiny", arch)
+    config.do_stable_layer_norm = stable
+    torch.manual_seed(0)
+    full = model_cls(config).eval()
+    cut = model_cls(config).eval()
+    cut.load_state_dict(full.state_dict())
+    x = torch.from_numpy(wave(16000))[None]
+    with torch.no_grad():
+        want = full(x, output_hidden_states=True).hidden_states
+        for deepest in (4, 2, 1):  # cut further each time
+            kept = truncate_to(cut, deepest)
+            assert kept == (min(4, deepest + 1) if stable else deepest)
+            got = cut(x, output_hidden_states=True).hidden_states
+            assert len(got) == kept + 1
+            for layer in range(1, deepest + 1):
+                torch.testing.assert_close(got[layer], want[layer])
+    with pytest.raises(ConfigError, match="outside 1..4"):
+        truncate_to(full, 5)
+
+
+def test_extractor_runs_only_the_layers_it_needs():
+    model_cfg, feat_cfg = cfgs("features.layers=[2]")
+    ext = FeatureExtractor(model_cfg, feat_cfg)
+    assert len(ext.model.encoder.layers) == 2
+    whole = build_backbone(model_cfg).eval()  # same init_seed: the same weights
+    x = wave(16000)
+    with torch.no_grad():
+        want = whole(torch.from_numpy(x)[None], output_hidden_states=True).hidden_states[2][0].numpy()
+    np.testing.assert_allclose(ext.encode([x])[0][2], want, rtol=1e-5, atol=1e-5)
+    given = build_backbone(model_cfg)
+    FeatureExtractor(model_cfg, feat_cfg, model=given)
+    assert len(given.encoder.layers) == 4  # a model handed in is never cut
