@@ -350,26 +350,172 @@ def _reseed_from_sample(
     return []
 
 
+# GEMM-form distances (|x|^2 + |c|^2 - 2<x, c>) below this fraction of |x|^2 + |c|^2 are
+# recomputed from differences: rounding can leave a duplicate of a centre there instead of at
+# exactly 0 (float32 GEMM error is ~1e-6 of the norms), and a duplicate must get weight 0.
+EXACT_BELOW = 1e-3
+
+
+class SeedShard:
+    """One holder's part of the k-means++ seeding sample (the driver process, or a Ray actor).
+
+    k-means++ needs every sample point's squared distance to its nearest chosen centre
+    (``min_d2``). Each shard keeps that vector for its own points, so the driver only ever
+    receives candidate rows (L x D), per-candidate potentials (L,) and the shard's total
+    potential, whatever the sample size; with several shards the per-step passes over the
+    sample (memory-bound) run in parallel. ``kmeanspp_seed`` drives the shards.
+
+    Distances for plain k-means++ come from differences (faiss's SIMD kernel). Greedy
+    k-means++ ranks its L candidates with one GEMM over the shard and keeps the chosen
+    candidate's column from it (one pass over the sample per step instead of two), after
+    recomputing from differences every entry small enough to be a rounding-disguised duplicate.
+    """
+
+    def __init__(self, points: np.ndarray, rng: np.random.Generator):
+        self.s = np.ascontiguousarray(_check_points(points, "sample"), dtype=np.float32)
+        if not np.isfinite(self.s).all():
+            raise ValueError("sample contains NaN or infinite values")
+        self.rng = rng
+        self.min_d2 = np.full(len(self.s), np.inf, np.float32)
+        self.potential = 0.0
+        self._sq_norms: np.ndarray | None = None
+        self._cand_d2: np.ndarray | None = None  # (n, L) from the last ``score``
+        self._cands: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.s)
+
+    def rows(self, idx: Sequence[int]) -> np.ndarray:
+        return self.s[np.asarray(idx, dtype=np.int64)]
+
+    def add(self, centre: np.ndarray, n_draw: int) -> tuple[float, np.ndarray]:
+        """A centre was chosen: update min_d2 exactly; return (potential, n_draw D^2-drawn rows)."""
+        c = np.ascontiguousarray(centre, dtype=np.float32)
+        if len(self.s):
+            np.minimum(
+                self.min_d2, _sq_dist_to(self.s, c, np.empty(len(self.s), np.float32)), out=self.min_d2
+            )
+        return self._after_update(n_draw)
+
+    def score(self, cands: np.ndarray) -> np.ndarray:
+        """Potential of this shard, (L,) float64, if candidate j were added; remembers the distances."""
+        c = np.ascontiguousarray(cands, dtype=np.float32)
+        if not len(self.s):
+            return np.zeros(len(c), np.float64)
+        if self._sq_norms is None:
+            self._sq_norms = np.einsum("ij,ij->i", self.s, self.s)
+        d2 = self._sq_norms[:, None] + np.einsum("ij,ij->i", c, c)[None, :] - 2.0 * (self.s @ c.T)
+        np.maximum(d2, 0.0, out=d2)
+        self._cand_d2, self._cands = d2, c
+        return np.minimum(d2, self.min_d2[:, None]).sum(axis=0, dtype=np.float64)
+
+    def take(self, j: int, n_draw: int) -> tuple[float, np.ndarray]:
+        """Candidate j of the last ``score`` was chosen: ``add`` it, reusing the scored distances."""
+        if self._cand_d2 is None or self._cands is None:
+            raise RuntimeError("take() before score()")
+        if len(self.s):
+            col = np.ascontiguousarray(self._cand_d2[:, j])
+            c = self._cands[j]
+            small = np.flatnonzero(col <= EXACT_BELOW * (self._sq_norms + float(c @ c)))
+            if small.size:
+                near = np.ascontiguousarray(self.s[small])
+                col[small] = _sq_dist_to(near, c, np.empty(len(near), np.float32))
+            np.minimum(self.min_d2, col, out=self.min_d2)
+        self._cand_d2 = self._cands = None
+        return self._after_update(n_draw)
+
+    def _after_update(self, n_draw: int) -> tuple[float, np.ndarray]:
+        d = self.s.shape[1]
+        if not len(self.s):
+            return 0.0, np.zeros((0, d), np.float32)
+        # float64 prefix sums: float32 ones lose the small weights far along a 200k-long sum.
+        cumsum = np.cumsum(self.min_d2, dtype=np.float64)
+        self.potential = float(cumsum[-1])
+        if self.potential <= 0:
+            return 0.0, np.zeros((0, d), np.float32)
+        return self.potential, self.s[[_draw(self.min_d2, cumsum, self.rng) for _ in range(n_draw)]]
+
+
+# The driver's view of the shards: (method name, one argument tuple per shard) -> one result per
+# shard. Local shards call the methods in turn; the Ray job calls its actors in parallel.
+ShardCall = Callable[[str, Sequence[tuple]], list]
+
+
+def local_call(shards: Sequence[SeedShard]) -> ShardCall:
+    return lambda method, args: [getattr(s, method)(*a) for s, a in zip(shards, args, strict=True)]
+
+
+def kmeanspp_seed(
+    call: ShardCall, sizes: Sequence[int], k: int, rng: np.random.Generator, n_local_trials: int = 1
+) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) over a sample split into ``SeedShard``s.
+
+    The first centre is a uniform row; each next one is drawn with probability proportional to
+    the squared distance to the nearest centre chosen so far. A global D^2 draw is a shard drawn
+    in proportion to its potential, then a row within it drawn by its own D^2: every shard
+    draws its candidates locally and the driver (``rng``) picks, per candidate, whose to use.
+    Rows equal to a chosen centre have weight exactly 0, so the k centres are distinct rows.
+    One round trip per step for plain k-means++, two for greedy.
+
+    Args:
+        call: runs a ``SeedShard`` method on every shard (``local_call`` or the Ray job's).
+        sizes: rows per shard.
+        k: number of centres, 1 <= k <= number of distinct rows.
+        rng: the driver's draws (first centre, shard choice); shards draw rows with their own.
+        n_local_trials: 1 = plain k-means++; L > 1 = greedy k-means++ (scikit-learn's default,
+            with L = 2 + ln k): draw L candidates per step and keep the one that lowers the
+            potential most. Markedly better starts at large k.
+
+    Returns:
+        (k, D) float32 centres, each a row of the sample.
+    """
+    n = int(sum(sizes))
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if k > n:
+        raise ValueError(f"k={k} centroids requested but the sample has only {n} rows")
+    trials = max(1, n_local_trials)
+    g = int(rng.integers(n))
+    owner = int(np.searchsorted(np.cumsum(sizes), g, side="right"))
+    idx = [[g - int(np.sum(sizes[:owner]))] if i == owner else [] for i in range(len(sizes))]
+    first = call("rows", [(ix,) for ix in idx])[owner][0]
+    centres = [np.asarray(first, np.float32)]
+    replies = call("add", [(first, trials)] * len(sizes))
+    for i in range(1, k):
+        pots = np.array([p for p, _ in replies], np.float64)
+        if pots.sum() <= 0:
+            # Every row equals one of the i centres chosen, which are pairwise distinct.
+            raise ValueError(f"the sample has only {i} distinct rows, fewer than k={k} centroids")
+        # Candidate j comes from shard `pick[j]` (by potential), as that shard's j-th local draw.
+        if len(pots) == 1:
+            pick = np.zeros(trials, np.int64)
+        else:
+            pick = np.minimum(np.searchsorted(np.cumsum(pots), rng.random(trials) * pots.sum(), side="right"),
+                              len(pots) - 1)  # fmt: skip
+            while (pots[pick] <= 0).any():  # rounding at the top end: step back to a live shard
+                pick = np.where(pots[pick] <= 0, pick - 1, pick)
+        cands = np.stack([replies[a][1][j] for j, a in enumerate(pick)])
+        if trials == 1:
+            centres.append(cands[0])
+            replies = call("add", [(cands[0], trials)] * len(sizes))
+            continue
+        best = int(np.argmin(np.sum(call("score", [(cands,)] * len(sizes)), axis=0)))
+        centres.append(cands[best])
+        replies = call("take", [(best, trials)] * len(sizes))
+    return np.stack(centres)
+
+
 def kmeanspp_init(
     sample: np.ndarray, k: int, rng: np.random.Generator, n_local_trials: int = 1
 ) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): k distinct rows of the sample.
+    """k-means++ seeding on one in-process sample: ``kmeanspp_seed`` over a single ``SeedShard``.
 
-    Plain (non-greedy) k-means++ on the whole sample: the first centre is uniform, each next
-    one is drawn with probability proportional to the squared distance to the nearest centre
-    chosen so far. Distances are computed from differences (faiss's SIMD kernel), so rows
-    equal to a chosen centre have weight exactly 0 and the k rows returned are distinct.
-    Cost is k passes over the sample: ~12 s for k=4096 on 200k x 64 float32 with 2 cores,
-    linear in k * N * D, so pass a subsample (e.g. 50 * k rows) for bigger samples.
+    Cost is k passes over the sample (~12 s for k=4096 on 200k x 64 float32 with 2 cores,
+    linear in k * N * D), so pass a subsample (e.g. 20 * k rows) for bigger samples.
 
     Args:
-        sample: (N, D) points, float32 (other float dtypes are converted; the whole sample
-            is copied to float32 once). Must be finite.
-        k: number of centres, 1 <= k <= number of distinct rows.
-        rng: source of the draws.
-        n_local_trials: 1 = plain k-means++; L > 1 = greedy k-means++ (scikit-learn's default,
-            with L = 2 + ln k): draw L candidates per step and keep the one that lowers the
-            potential most. L times the cost; markedly better starts at large k.
+        sample: (N, D) points, float32 (other float dtypes are converted once). Must be finite.
+        k, rng, n_local_trials: as in ``kmeanspp_seed`` (rng also draws the rows).
 
     Returns:
         (k, D) float32 centres, each a row of ``sample``.
@@ -377,40 +523,8 @@ def kmeanspp_init(
     Raises:
         ValueError: k < 1, k > N, the sample has fewer than k distinct rows, or non-finite values.
     """
-    s = np.ascontiguousarray(_check_points(sample, "sample"), dtype=np.float32)
-    n = s.shape[0]
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if k > n:
-        raise ValueError(f"k={k} centroids requested but the sample has only {n} rows")
-    if not np.isfinite(s).all():
-        raise ValueError("sample contains NaN or infinite values")
-    chosen = np.empty(k, np.int64)
-    chosen[0] = rng.integers(n)
-    min_d2 = np.empty(n, np.float32)
-    _sq_dist_to(s, s[chosen[0]], min_d2)
-    buf = np.empty(n, np.float32)
-    sq_norms = np.einsum("ij,ij->i", s, s) if n_local_trials > 1 else None
-    for i in range(1, k):
-        # float64 prefix sums: float32 ones lose the small weights far along a 200k-long sum.
-        cumsum = np.cumsum(min_d2, dtype=np.float64)
-        if cumsum[-1] <= 0:
-            # Every row equals one of the i centres chosen, which are pairwise distinct.
-            raise ValueError(f"the sample has only {i} distinct rows, fewer than k={k} centroids")
-        if n_local_trials <= 1:
-            chosen[i] = _draw(min_d2, cumsum, rng)
-        else:
-            # Greedy: score all L candidates with one multi-threaded GEMM pass over the sample (|x|^2 +
-            # |c|^2 - 2<x, c>) instead of L memory-bound passes: at K=4096, 82k x 768 that was ~15 min
-            # of the 25-min fit (bench/bench_kmeans.py). The GEMM form only ranks the candidates; the
-            # kept one's distances below come from differences, so duplicates stay at exactly 0.
-            cands = np.array([_draw(min_d2, cumsum, rng) for _ in range(n_local_trials)])
-            d2 = sq_norms[:, None] + sq_norms[cands][None, :] - 2.0 * (s @ s[cands].T)
-            np.maximum(d2, 0.0, out=d2)
-            pots = np.minimum(d2, min_d2[:, None]).sum(axis=0, dtype=np.float64)
-            chosen[i] = cands[int(np.argmin(pots))]
-        np.minimum(min_d2, _sq_dist_to(s, s[chosen[i]], buf), out=min_d2)
-    return s[chosen]
+    shard = SeedShard(sample, rng)
+    return kmeanspp_seed(local_call([shard]), [len(shard)], k, rng, n_local_trials)
 
 
 def _as_shards(x_or_shards: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

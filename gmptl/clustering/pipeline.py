@@ -61,9 +61,15 @@ class FrameShard:
     def count(self) -> tuple[int, int]:
         return len(self.x), self.total
 
-    def sample(self, n: int, seed: list[int]) -> np.ndarray:
+    def start_seeding(self, n: int, seed: list[int]) -> int:
+        """Hold this actor's share of the seeding sample (n of its rows) for ``kmeans.kmeanspp_seed``."""
         rng = np.random.default_rng(seed)
-        return self.x[np.sort(rng.choice(len(self.x), size=min(n, len(self.x)), replace=False))]
+        rows = np.sort(rng.choice(len(self.x), size=min(n, len(self.x)), replace=False))
+        self.seeding = kmeans.SeedShard(self.x[rows], rng)
+        return len(rows)
+
+    def seeding_call(self, method: str, *args: Any) -> Any:
+        return getattr(self.seeding, method)(*args)
 
     def partial_stats(self, centroids: np.ndarray) -> kmeans.PartialStats:
         return kmeans.partial_stats(self.x, centroids, self.gpu)
@@ -140,21 +146,36 @@ def fit_codebooks(
     }
     for k in cfg.k:
         rng = np.random.default_rng([cfg.seed, k])
+        t_seed = time.perf_counter()
         n_seed = min(n_loaded, cfg.init_points_per_centroid * k)
-        # Each actor sends its share of the seeding sample: k-means++ needs points, not statistics.
-        seed_sample = np.concatenate(
-            ray.get(
-                [
-                    a.sample.remote(round(n_seed * c / n_loaded) + 1, [cfg.seed, k, i])
-                    for i, (a, (c, _)) in enumerate(zip(actors, counts, strict=True))
-                ]
-            )
+        # The seeding sample stays on the actors, each holding its share (k-means++ needs points,
+        # not statistics): the driver only sees candidate rows and potentials, and the memory-bound
+        # passes over the sample run on every actor at once.
+        sizes = ray.get(
+            [
+                a.start_seeding.remote(round(n_seed * c / n_loaded) + 1, [cfg.seed, k, i])
+                for i, (a, (c, _)) in enumerate(zip(actors, counts, strict=True))
+            ]
         )
+
+        def call(method: str, args: list[tuple]) -> list:
+            return ray.get([a.seeding_call.remote(method, *ar) for a, ar in zip(actors, args, strict=True)])
+
         if cfg.init != "random":
             trials = 2 + int(np.log(k)) if cfg.init == "greedy-kmeans++" else 1
-            centroids = kmeans.kmeanspp_init(seed_sample, k, rng, n_local_trials=trials)
+            centroids = kmeans.kmeanspp_seed(call, sizes, k, rng, n_local_trials=trials)
         else:
-            centroids = seed_sample[np.sort(rng.choice(len(seed_sample), size=k, replace=False))]
+            picked = np.sort(rng.choice(sum(sizes), size=k, replace=False))
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            centroids = np.concatenate(
+                call(
+                    "rows",
+                    [
+                        (picked[(picked >= lo) & (picked < hi)] - lo,)
+                        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+                    ],
+                )
+            )
         t_k = time.perf_counter()
         centroids, history = kmeans.iterate(
             stats_of,
@@ -178,7 +199,8 @@ def fit_codebooks(
             "final_objective": final.inertia,
             "final_imbalance": kmeans.imbalance(final.counts),
             "clusters_used": int((final.counts > 0).sum()),
-            "seed_sample": len(seed_sample),
+            "seed_sample": int(sum(sizes)),
+            "seed_s": t_k - t_seed,
             "fit_s": time.perf_counter() - t_k,
         }
     for a in actors:

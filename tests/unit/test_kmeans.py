@@ -238,6 +238,73 @@ def test_greedy_kmeanspp_picks_the_candidate_with_the_lowest_potential():
     assert len(np.unique(c, axis=0)) == 60
 
 
+def _sharded(x, bounds, seed):
+    """SeedShards over consecutive row ranges, each with its own generator (as the Ray actors)."""
+    parts = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    shards = [km.SeedShard(p, np.random.default_rng([seed, i])) for i, p in enumerate(parts)]
+    return km.local_call(shards), [len(s) for s in shards]
+
+
+def test_sharded_kmeanspp_draws_in_proportion_to_squared_distance():
+    # k=2: P(second centre = row r) = mean over the uniform first centre f of d2(f, r) / sum d2(f, .).
+    # Rows sit on three shards of unequal size, one empty: a wrong shard weighting shifts the mass.
+    x = np.array([[0.0], [1.0], [3.0], [7.0], [7.5], [20.0]], np.float32)
+    d2 = (x - x.T) ** 2
+    want = (d2 / d2.sum(1, keepdims=True)).mean(0)
+    runs, rng = 6000, np.random.default_rng(0)
+    got = np.zeros(len(x))
+    for t in range(runs):
+        call, sizes = _sharded(x, [0, 1, 1, 4, 6], seed=t)
+        second = km.kmeanspp_seed(call, sizes, 2, rng)[1]
+        got[int(np.flatnonzero(x[:, 0] == second[0])[0])] += 1
+    np.testing.assert_allclose(got / runs, want, atol=0.02)  # binomial sd <= 0.0065
+
+
+@pytest.mark.parametrize("trials", [1, 6])
+def test_sharded_kmeanspp_distinct_deterministic_and_as_good(trials):
+    x = mixture(6000, 16, 40, seed=31)
+    x[::2] = x[0]  # half the points identical, spread over every shard
+    bounds = [0, 1000, 3500, 6000]
+    call, sizes = _sharded(x, bounds, seed=1)
+    c = km.kmeanspp_seed(call, sizes, 80, np.random.default_rng(2), n_local_trials=trials)
+    assert c.shape == (80, 16) and len(np.unique(c, axis=0)) == 80
+    rows = {r.tobytes() for r in x}
+    assert all(r.tobytes() in rows for r in c)
+    call, sizes = _sharded(x, bounds, seed=1)
+    again = km.kmeanspp_seed(call, sizes, 80, np.random.default_rng(2), n_local_trials=trials)
+    np.testing.assert_array_equal(c, again)
+    # Same distribution as one in-process sample: the starting potential is no worse on average.
+    pot = [partial_stats(x, km.kmeanspp_seed(*_sharded(x, bounds, s), 80, np.random.default_rng(s),
+                                             n_local_trials=trials)).inertia for s in range(4)]  # fmt: skip
+    ref = [partial_stats(x, kmeanspp_init(x, 80, np.random.default_rng(s), trials)).inertia for s in range(4)]
+    assert np.mean(pot) < 1.15 * np.mean(ref)
+
+
+def test_greedy_take_gives_duplicates_exactly_zero_weight():
+    # |x|^2 + |c|^2 - 2<x,c> in float32 leaves duplicates of c slightly above 0 (here all of them).
+    rng = np.random.default_rng(5)
+    x = (10.0 * rng.standard_normal((400, 64))).astype(np.float32)
+    x[4::4] = x[1]
+    dup = np.zeros(len(x), bool)
+    dup[1], dup[4::4] = True, True
+    shard = km.SeedShard(x, np.random.default_rng(6))
+    shard.add(x[2], 1)
+    shard.score(x[[1, 3]])
+    assert shard._cand_d2[dup, 0].min() > 0  # the rounding this guards against does happen here
+    shard.take(0, 1)
+    assert (shard.min_d2[dup] == 0).all()
+    assert shard.min_d2[2] == 0 and (shard.min_d2[~dup & (np.arange(len(x)) != 2)] > 0).all()
+    exact = np.minimum(brute_force(x, x[[2]])[:, 0], brute_force(x, x[[1]])[:, 0])
+    np.testing.assert_allclose(shard.min_d2, exact, rtol=1e-4, atol=1e-3)
+
+
+def test_sharded_kmeanspp_errors_when_shards_run_out_of_distinct_rows():
+    x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)  # 3 distinct rows over 2 shards
+    call, sizes = _sharded(x, [0, 7, 15], seed=0)
+    with pytest.raises(ValueError, match="only 3 distinct rows"):
+        km.kmeanspp_seed(call, sizes, 4, np.random.default_rng(0), n_local_trials=3)
+
+
 def test_kmeanspp_init_errors():
     x = np.random.default_rng(15).standard_normal((10, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="only 10 rows"):
