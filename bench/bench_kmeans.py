@@ -122,7 +122,9 @@ def main() -> None:
             fit_codebooks(tmp / "feats", utts, 1, cfg, load_config().runtime, tmp / f"ours_{k}_{workers}")
             wall = time.perf_counter() - t0
             c = np.load(tmp / f"ours_{k}_{workers}" / f"L1_k{k}.npy")
-            rows.append({"k": k, "method": f"ours_{workers}_actor", "wall_s": wall, "inertia": inertia(c)})
+            book = json.loads((tmp / f"ours_{k}_{workers}" / "kmeans.json").read_text())["codebooks"][str(k)]
+            rows.append({"k": k, "method": f"ours_{workers}_actor", "wall_s": wall, "inertia": inertia(c),
+                         "seed_s": book["seed_s"], "lloyd_s": book["fit_s"]})  # fmt: skip
         if "faiss" in methods:
             km = faiss.Kmeans(args.d, k, niter=args.iters, seed=1234, max_points_per_centroid=10**9)
             _, wall, cpu = timed(km.train, xq)
