@@ -3,10 +3,10 @@
 cluster: the fold's training utterances are split into ``clustering.num_workers``
 disjoint parts; each Ray actor loads only its part's frames from the memory-mapped
 feature shards and samples its share of ``clustering.max_frames`` (seeded). The
-driver seeds the centroids (k-means++ on a small sample the actors send) and runs
-the Lloyd loop of ``kmeans.iterate``: per iteration it sends the centroids and
-receives per-centroid sums and counts only, so driver memory depends on K x D,
-never on the number of frames. Every K of the set is fitted over the same loaded
+driver seeds the centroids (k-means++ over a sample that stays on the actors, see
+``kmeans.kmeanspp_seed``) and runs the Lloyd loop of ``kmeans.iterate``: per
+iteration it sends the centroids and receives per-centroid sums and counts only,
+so driver memory depends on K x D, never on the number of frames. Every K of the set is fitted over the same loaded
 frames. Output per fold: ``L<layer>_k<K>.npy`` centroids and ``kmeans.json``.
 
 label: a Ray Data pass over the feature shards assigns every frame of every
