@@ -377,7 +377,6 @@ class SeedShard:
             raise ValueError("sample contains NaN or infinite values")
         self.rng = rng
         self.min_d2 = np.full(len(self.s), np.inf, np.float32)
-        self.potential = 0.0
         self._sq_norms: np.ndarray | None = None
         self._cand_d2: np.ndarray | None = None  # (n, L) from the last ``score``
         self._cands: np.ndarray | None = None
@@ -430,10 +429,9 @@ class SeedShard:
             return 0.0, np.zeros((0, d), np.float32)
         # float64 prefix sums: float32 ones lose the small weights far along a 200k-long sum.
         cumsum = np.cumsum(self.min_d2, dtype=np.float64)
-        self.potential = float(cumsum[-1])
-        if self.potential <= 0:
+        if cumsum[-1] <= 0:
             return 0.0, np.zeros((0, d), np.float32)
-        return self.potential, self.s[[_draw(self.min_d2, cumsum, self.rng) for _ in range(n_draw)]]
+        return float(cumsum[-1]), self.s[[_draw(self.min_d2, cumsum, self.rng) for _ in range(n_draw)]]
 
 
 # The driver's view of the shards: (method name, one argument tuple per shard) -> one result per
