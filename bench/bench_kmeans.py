@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--actors", default="1,2", help="our job's actor counts to time (2 is the reference row)")
     ap.add_argument("--methods", default="ours,faiss,fairseq",
                     help="which methods to run; a long fairseq row can be run alone and merged by hand")  # fmt: skip
+    ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                    help="more config overrides for our job, e.g. clustering.init_points_per_centroid=60")  # fmt: skip
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_kmeans.json"))
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
@@ -117,7 +119,7 @@ def main() -> None:
         ):
             cfg = load_config(None, [f"clustering.k=[{k}]", f"clustering.max_frames={args.n}",
                                      f"clustering.n_iter={args.iters}", f"clustering.num_workers={workers}",
-                                     "clustering.num_cpus_per_worker=1"]).clustering  # fmt: skip
+                                     "clustering.num_cpus_per_worker=1", *args.sets]).clustering  # fmt: skip
             t0 = time.perf_counter()
             fit_codebooks(tmp / "feats", utts, 1, cfg, load_config().runtime, tmp / f"ours_{k}_{workers}")
             wall = time.perf_counter() - t0
