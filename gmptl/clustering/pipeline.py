@@ -147,7 +147,7 @@ def fit_codebooks(
     for k in cfg.k:
         rng = np.random.default_rng([cfg.seed, k])
         t_seed = time.perf_counter()
-        n_seed = min(n_loaded, cfg.init_points_per_centroid * k)
+        n_seed = min(n_loaded, max(cfg.init_points_per_centroid * k, cfg.init_min_points))
         # The seeding sample stays on the actors, each holding its share (k-means++ needs points,
         # not statistics): the driver only sees candidate rows and potentials, and the memory-bound
         # passes over the sample run on every actor at once.

@@ -69,6 +69,11 @@ def test_budget_is_exact_and_seeded(extracted, tmp_path):
     small = cfg.clustering.model_copy(update={"max_frames": 1000})
     rep = fit_codebooks(tmp / "feats", train, 2, small, cfg.runtime, tmp_path / "s")
     assert rep["n_fit_frames"] == 1000 < rep["n_train_frames"]
+    # k-means++ seeds on max(init_points_per_centroid x K, init_min_points) of the loaded frames.
+    assert [rep["codebooks"][k]["seed_sample"] for k in ("4", "16")] == [1000, 1000]
+    unfloored = small.model_copy(update={"init_min_points": 0, "k": [16]})
+    rep = fit_codebooks(tmp / "feats", train, 2, unfloored, cfg.runtime, tmp_path / "u")
+    assert 20 * 16 <= rep["codebooks"]["16"]["seed_sample"] <= 20 * 16 + cfg.clustering.num_workers
 
 
 def test_labels_match_frame_counts_for_every_utterance(extracted, tmp_path):
