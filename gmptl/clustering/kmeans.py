@@ -443,6 +443,16 @@ def local_call(shards: Sequence[SeedShard]) -> ShardCall:
     return lambda method, args: [getattr(s, method)(*a) for s, a in zip(shards, args, strict=True)]
 
 
+def shard_rows(call: ShardCall, sizes: Sequence[int], rows: np.ndarray) -> np.ndarray:
+    """Rows of the shards' virtual concatenation, for sorted global indices ``rows``, in that order."""
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    parts = call(
+        "rows",
+        [(rows[(rows >= lo) & (rows < hi)] - lo,) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)],
+    )
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
 def kmeanspp_seed(
     call: ShardCall, sizes: Sequence[int], k: int, rng: np.random.Generator, n_local_trials: int = 1
 ) -> np.ndarray:
@@ -473,10 +483,7 @@ def kmeanspp_seed(
     if k > n:
         raise ValueError(f"k={k} centroids requested but the sample has only {n} rows")
     trials = max(1, n_local_trials)
-    g = int(rng.integers(n))
-    owner = int(np.searchsorted(np.cumsum(sizes), g, side="right"))
-    idx = [[g - int(np.sum(sizes[:owner]))] if i == owner else [] for i in range(len(sizes))]
-    first = call("rows", [(ix,) for ix in idx])[owner][0]
+    first = shard_rows(call, sizes, np.array([rng.integers(n)]))[0]
     centres = [np.asarray(first, np.float32)]
     replies = call("add", [(first, trials)] * len(sizes))
     for i in range(1, k):

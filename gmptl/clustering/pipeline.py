@@ -6,8 +6,8 @@ feature shards and samples its share of ``clustering.max_frames`` (seeded). The
 driver seeds the centroids (k-means++ over a sample that stays on the actors, see
 ``kmeans.kmeanspp_seed``) and runs the Lloyd loop of ``kmeans.iterate``: per
 iteration it sends the centroids and receives per-centroid sums and counts only,
-so driver memory depends on K x D, never on the number of frames. Every K of the set is fitted over the same loaded
-frames. Output per fold: ``L<layer>_k<K>.npy`` centroids and ``kmeans.json``.
+so driver memory depends on K x D, never on the number of frames. Every K of the
+set is fitted over the same loaded frames. Output per fold: ``L<layer>_k<K>.npy`` centroids and ``kmeans.json``.
 
 label: a Ray Data pass over the feature shards assigns every frame of every
 utterance in the fold to its nearest centroid for every K and writes int32 label
@@ -166,16 +166,7 @@ def fit_codebooks(
             centroids = kmeans.kmeanspp_seed(call, sizes, k, rng, n_local_trials=trials)
         else:
             picked = np.sort(rng.choice(sum(sizes), size=k, replace=False))
-            bounds = np.concatenate([[0], np.cumsum(sizes)])
-            centroids = np.concatenate(
-                call(
-                    "rows",
-                    [
-                        (picked[(picked >= lo) & (picked < hi)] - lo,)
-                        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-                    ],
-                )
-            )
+            centroids = kmeans.shard_rows(call, sizes, picked)
         t_k = time.perf_counter()
         centroids, history = kmeans.iterate(
             stats_of,

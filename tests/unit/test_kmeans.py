@@ -379,3 +379,10 @@ def test_gpu_statistics_equal_cpu():
     a, b = km.partial_stats(x, c), km.partial_stats(x, c, gpu=True)
     assert (a.counts != b.counts).sum() <= 5  # float ties may resolve differently
     assert b.inertia == pytest.approx(a.inertia, rel=1e-4)
+
+
+def test_shard_rows_maps_global_indices_across_shards():
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    shards = [km.SeedShard(x[a:b], np.random.default_rng(0)) for a, b in [(0, 10), (10, 10), (10, 50)]]
+    idx = np.array([0, 9, 10, 33, 49])
+    np.testing.assert_array_equal(km.shard_rows(km.local_call(shards), [10, 0, 40], idx), x[idx])
