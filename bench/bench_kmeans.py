@@ -10,7 +10,9 @@ float32 for the others. Every method gets the same iteration budget where it has
 one; inertia is always recomputed on the *full* set with the same code. fairseq's
 ``learn_kmeans.py`` recipe: MiniBatchKMeans(k-means++, batch 10 000, n_init 20,
 max_iter 100, tol 0, max_no_improvement 100, reassignment_ratio 0). Peak memory is
-the max RSS of the largest process (driver or actor), read from /proc.
+the max RSS of the largest process: for our job the largest actor's (``ru_maxrss``, reported
+by the job), for the in-process methods the points they hold plus their RSS growth, sampled
+from /proc; the driver's growth is a column of its own.
 Prints a table; writes ``bench/results/bench_kmeans.json``.
 """
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +64,34 @@ def write_store(x: np.ndarray, folder: Path, frames_per_utt: int = 250) -> list[
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 1024**2
+
+
+class RssGrowth:
+    """Peak growth of this process's resident memory inside a ``with`` block, sampled every 20 ms.
+
+    ru_maxrss cannot separate a method's memory from the arrays this driver already holds
+    (both float32 copies of the points), so each in-process method is charged its growth.
+    """
+
+    def __enter__(self) -> RssGrowth:
+        self.base, self.peak, self._stop = rss_mb(), 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_mb() - self.base)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb() - self.base)
 
 
 def main() -> None:
@@ -121,38 +152,53 @@ def main() -> None:
                                      f"clustering.n_iter={args.iters}", f"clustering.num_workers={workers}",
                                      "clustering.num_cpus_per_worker=1", *args.sets]).clustering  # fmt: skip
             t0 = time.perf_counter()
-            fit_codebooks(tmp / "feats", utts, 1, cfg, load_config().runtime, tmp / f"ours_{k}_{workers}")
+            with RssGrowth() as mem:
+                fit_codebooks(tmp / "feats", utts, 1, cfg, load_config().runtime, tmp / f"ours_{k}_{workers}")
             wall = time.perf_counter() - t0
             c = np.load(tmp / f"ours_{k}_{workers}" / f"L1_k{k}.npy")
-            book = json.loads((tmp / f"ours_{k}_{workers}" / "kmeans.json").read_text())["codebooks"][str(k)]
+            report = json.loads((tmp / f"ours_{k}_{workers}" / "kmeans.json").read_text())
+            book = report["codebooks"][str(k)]
+            # Largest process: an actor (its share of the frames); the driver's growth is reported too.
             rows.append({"k": k, "method": f"ours_{workers}_actor", "wall_s": wall, "inertia": inertia(c),
-                         "seed_s": book["seed_s"], "lloyd_s": book["fit_s"]})  # fmt: skip
+                         "seed_s": book["seed_s"], "lloyd_s": book["fit_s"], "n_iter_run": book["n_iter_run"],
+                         "largest_process_mb": max(report["actor_peak_rss_mb"]),
+                         "driver_growth_mb": mem.peak})  # fmt: skip
         if "faiss" in methods:
             km = faiss.Kmeans(args.d, k, niter=args.iters, seed=1234, max_points_per_centroid=10**9)
-            _, wall, cpu = timed(km.train, xq)
+            with RssGrowth() as mem:
+                _, wall, cpu = timed(km.train, xq)
             rows.append({"k": k, "method": "faiss.Kmeans", "wall_s": wall, "cpu_s": cpu,
-                         "inertia": inertia(km.centroids)})  # fmt: skip
+                         "inertia": inertia(km.centroids), "largest_process_mb": xq.nbytes / 1024**2 + mem.peak,
+                         "driver_growth_mb": mem.peak})  # fmt: skip
         if "fairseq" in methods:
             # learn_kmeans.py's estimator, argument for argument (compute_labels=False included).
             mb = MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=args.fairseq_max_iter, batch_size=10_000,
                                  tol=0.0, max_no_improvement=100, n_init=args.fairseq_n_init, init_size=None,
                                  reassignment_ratio=0.0, compute_labels=False, verbose=1, random_state=0)  # fmt: skip
-            _, wall, cpu = timed(mb.fit, x)
+            with RssGrowth() as mem:
+                _, wall, cpu = timed(mb.fit, x)
             rows.append({"k": k, "method": f"fairseq_minibatch(n_init={args.fairseq_n_init})", "wall_s": wall,
                          "cpu_s": cpu, "steps": int(mb.n_steps_), "epochs": float(mb.n_iter_),
+                         "largest_process_mb": x.nbytes / 1024**2 + mem.peak, "driver_growth_mb": mem.peak,
                          "inertia": inertia(mb.cluster_centers_.astype(np.float32))})  # fmt: skip
         print(f"k={k} done", flush=True)
     ray.shutdown()
 
     print(f"\n{args.n} x {args.d} points, {args.iters} Lloyd iterations, 2 cores; driver peak RSS "
           f"{peak_rss_mb():.0f} MB (holds the float32 copy for the reference methods)")  # fmt: skip
-    print(f"{'K':>6} {'method':<30} {'wall s':>9} {'inertia (full set)':>20} {'vs ours_2':>10}")
+    print(
+        "largest MB: peak RSS of the largest process (ours: an actor; in-process methods: the float32 "
+        "points they are given + their growth); driver +MB: peak growth of this process during the fit"
+    )
+    print(f"{'K':>6} {'method':<30} {'wall s':>9} {'inertia (full set)':>20} {'vs ours_2':>10} "
+          f"{'largest MB':>11} {'driver +MB':>11}")  # fmt: skip
     for k in ks:
         ours = next((r for r in rows if r["k"] == k and r["method"] == "ours_2_actor"), None)
         for r in (r for r in rows if r["k"] == k):
             r["inertia_vs_ours_2"] = r["inertia"] / ours["inertia"] if ours else None
             vs = f"{r['inertia_vs_ours_2']:>10.4f}" if ours else f"{'-':>10}"
-            print(f"{k:>6} {r['method']:<30} {r['wall_s']:>9.1f} {r['inertia']:>20.6g} {vs}")
+            print(f"{k:>6} {r['method']:<30} {r['wall_s']:>9.1f} {r['inertia']:>20.6g} {vs} "
+                  f"{r['largest_process_mb']:>11.0f} {r['driver_growth_mb']:>11.0f}")  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

@@ -61,6 +61,12 @@ class FrameShard:
     def count(self) -> tuple[int, int]:
         return len(self.x), self.total
 
+    def peak_rss_mb(self) -> float:
+        """This actor process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     def start_seeding(self, n: int, seed: list[int]) -> int:
         """Hold this actor's share of the seeding sample (n of its rows) for ``kmeans.kmeanspp_seed``."""
         rng = np.random.default_rng(seed)
@@ -149,8 +155,8 @@ def fit_codebooks(
         t_seed = time.perf_counter()
         n_seed = min(n_loaded, max(cfg.init_points_per_centroid * k, cfg.init_min_points))
         # The seeding sample stays on the actors, each holding its share (k-means++ needs points,
-        # not statistics): the driver only sees candidate rows and potentials, and the memory-bound
-        # passes over the sample run on every actor at once.
+        # not statistics): the driver only sees candidate rows and potentials, and each step's
+        # (pruned) distance computations run on every actor at once.
         sizes = ray.get(
             [
                 a.start_seeding.remote(round(n_seed * c / n_loaded) + 1, [cfg.seed, k, i])
@@ -161,12 +167,26 @@ def fit_codebooks(
         def call(method: str, args: list[tuple]) -> list:
             return ray.get([a.seeding_call.remote(method, *ar) for a, ar in zip(actors, args, strict=True)])
 
-        if cfg.init != "random":
-            trials = 2 + int(np.log(k)) if cfg.init == "greedy-kmeans++" else 1
-            centroids = kmeans.kmeanspp_seed(call, sizes, k, rng, n_local_trials=trials)
-        else:
+        seed_examined, seed_potentials = None, []
+        if cfg.init == "random":
             picked = np.sort(rng.choice(sum(sizes), size=k, replace=False))
             centroids = kmeans.shard_rows(call, sizes, picked)
+        else:
+            trials = 2 + int(np.log(k)) if cfg.init == "greedy-kmeans++" else 1
+            centroids = kmeans.kmeanspp_seed(
+                call,
+                sizes,
+                k,
+                rng,
+                n_local_trials=trials,
+                starts=cfg.init_starts,
+                on_start=seed_potentials.append,
+            )
+            log.info(
+                "k=%d seeding potential of each start: %s", k, ", ".join(f"{p:.6g}" for p in seed_potentials)
+            )
+            examined, full = np.sum(call("pruning", [()] * len(actors)), axis=0)
+            seed_examined = float(examined / max(full, 1))
         t_k = time.perf_counter()
         centroids, history = kmeans.iterate(
             stats_of,
@@ -181,6 +201,7 @@ def fit_codebooks(
                 r["imbalance"],
                 r["n_reseeded"],
             ),  # fmt: skip
+            tol=cfg.tol,
         )
         final = stats_of(centroids)
         np.save(out / f"L{layer}_k{k}.npy", centroids)
@@ -190,10 +211,16 @@ def fit_codebooks(
             "final_objective": final.inertia,
             "final_imbalance": kmeans.imbalance(final.counts),
             "clusters_used": int((final.counts > 0).sum()),
+            "n_iter_run": len(history),
             "seed_sample": int(sum(sizes)),
+            # Share of the rows a seeding step examined (the rest were pruned; only the last start's).
+            "seed_rows_examined": seed_examined,
+            "seed_potentials": seed_potentials,  # per start, on the seeding sample; the lowest is kept
             "seed_s": t_k - t_seed,
             "fit_s": time.perf_counter() - t_k,
         }
+    # Memory sizing for a cluster: what the largest actor needed for its share of the frames.
+    report["actor_peak_rss_mb"] = ray.get([a.peak_rss_mb.remote() for a in actors])
     for a in actors:
         ray.kill(a)
     report["wall_s"] = time.perf_counter() - t0

@@ -26,7 +26,7 @@ def extracted(tmp_path_factory, ray_session):
         None,
         ["data.corpus=iemocap", f"data.root={tmp / 'corpus'}", "model.backbone=tiny", "features.layers=[2]",
          "features.shard_max_utts=8", "features.num_workers=1", "clustering.k=[4,16]", "clustering.n_iter=8",
-         "clustering.max_frames=100000"],
+         "clustering.tol=0", "clustering.max_frames=100000"],
     )  # fmt: skip
     df = read_manifest(prepare_manifest(cfg.data, tmp / "corpus", tmp / "m.parquet").manifest_path)
     extract_features(df, cfg.model, cfg.features, cfg.runtime, tmp / "feats")
@@ -47,7 +47,11 @@ def test_codebooks_deterministic_and_equal_to_the_reference(extracted, tmp_path)
         c = np.load(tmp_path / "a" / f"L2_k{k}.npy")
         assert c.shape == (k, 64) and np.isfinite(c).all()
         hist = rep["codebooks"][str(k)]["history"]
-        assert len(hist) == 8 and hist[-1]["objective"] <= hist[0]["objective"]
+        assert len(hist) == rep["codebooks"][str(k)]["n_iter_run"] == 8  # tol=0: every iteration
+        assert hist[-1]["objective"] <= hist[0]["objective"]
+    assert all(0 < rep["codebooks"][str(k)]["seed_rows_examined"] <= 1 for k in (4, 16))
+    assert len(rep["actor_peak_rss_mb"]) == cfg.clustering.num_workers
+    assert all(50 < m < 4096 for m in rep["actor_peak_rss_mb"])
     # Same seed, same frames: identical codebooks (CPU k-means is deterministic).
     fit_codebooks(tmp / "feats", train, 2, cfg.clustering, cfg.runtime, tmp_path / "b")
     np.testing.assert_array_equal(
@@ -71,9 +75,14 @@ def test_budget_is_exact_and_seeded(extracted, tmp_path):
     assert rep["n_fit_frames"] == 1000 < rep["n_train_frames"]
     # k-means++ seeds on max(init_points_per_centroid x K, init_min_points) of the loaded frames.
     assert [rep["codebooks"][k]["seed_sample"] for k in ("4", "16")] == [1000, 1000]
-    unfloored = small.model_copy(update={"init_min_points": 0, "k": [16]})
+    # clustering.init_starts reaches the seeding: 3 starts by default (which is kept: test_kmeans).
+    assert cfg.clustering.init_starts == 3
+    assert [len(set(rep["codebooks"][k]["seed_potentials"])) for k in ("4", "16")] == [3, 3]
+    unfloored = small.model_copy(update={"init_min_points": 0, "k": [16], "init_starts": 1})
     rep = fit_codebooks(tmp / "feats", train, 2, unfloored, cfg.runtime, tmp_path / "u")
-    assert 20 * 16 <= rep["codebooks"]["16"]["seed_sample"] <= 20 * 16 + cfg.clustering.num_workers
+    book = rep["codebooks"]["16"]
+    assert 20 * 16 <= book["seed_sample"] <= 20 * 16 + cfg.clustering.num_workers
+    assert len(book["seed_potentials"]) == 1
 
 
 def test_labels_match_frame_counts_for_every_utterance(extracted, tmp_path):

@@ -290,7 +290,9 @@ def test_greedy_take_gives_duplicates_exactly_zero_weight():
     shard = km.SeedShard(x, np.random.default_rng(6))
     shard.add(x[2], 1)
     shard.score(x[[1, 3]])
-    assert shard._cand_d2[dup, 0].min() > 0  # the rounding this guards against does happen here
+    rows, d2, _ = shard._pending
+    assert dup[rows].sum() == dup.sum()  # every duplicate of x[1] is examined (none is pruned)
+    assert d2[dup[rows], 0].min() > 0  # the rounding this guards against does happen here
     shard.take(0, 1)
     assert (shard.min_d2[dup] == 0).all()
     assert shard.min_d2[2] == 0 and (shard.min_d2[~dup & (np.arange(len(x)) != 2)] > 0).all()
@@ -386,3 +388,86 @@ def test_shard_rows_maps_global_indices_across_shards():
     shards = [km.SeedShard(x[a:b], np.random.default_rng(0)) for a, b in [(0, 10), (10, 10), (10, 50)]]
     idx = np.array([0, 9, 10, 33, 49])
     np.testing.assert_array_equal(km.shard_rows(km.local_call(shards), [10, 0, 40], idx), x[idx])
+
+
+def test_iterate_stops_at_the_first_step_below_tol():
+    x = mixture(3000, 8, 12, seed=9)
+    start = x[np.random.default_rng(0).choice(len(x), 12, replace=False)]
+
+    def run(tol):
+        return km.iterate(lambda c: partial_stats(x, c), start.copy(), 30, np.random.default_rng(1), tol=tol)
+
+    full_c, full = run(0.0)
+    obj = np.array([h["objective"] for h in full])
+    assert len(full) == 30
+    steps = (obj[:-1] - obj[1:]) / obj[:-1]  # steps[i]: relative drop from iteration i to i + 1
+    tol = 1e-3
+    assert (steps[:3] >= tol).all() and (steps < tol).any(), "data must converge inside 30 iterations"
+    stop = int(np.argmax(steps < tol)) + 1  # the first iteration whose objective is a small step
+    c, hist = run(tol)
+    # The same trajectory cut at the plateau; that iteration's update is still applied.
+    assert [h["objective"] for h in hist] == obj[: stop + 1].tolist()
+    c_ref, _ = km.iterate(lambda c: partial_stats(x, c), start.copy(), stop + 1, np.random.default_rng(1))
+    np.testing.assert_array_equal(c, c_ref)
+    with pytest.raises(ValueError, match="tol"):
+        run(-1.0)
+
+
+def test_iterate_does_not_stop_right_after_reseeding():
+    # Stats that never improve, with an empty cluster at every update: the loop must go on.
+    def stats_of(c):
+        return PartialStats(np.ones((2, 3)), np.array([5, 0]), 10.0, 5)
+
+    _, hist = km.iterate(stats_of, np.zeros((2, 3), np.float32), 6, np.random.default_rng(0), tol=0.5)
+    assert len(hist) == 6 and all(h["n_reseeded"] == 1 for h in hist)
+    _, hist = km.iterate(
+        lambda c: PartialStats(np.ones((2, 3)), np.array([3, 2]), 10.0, 5),
+        np.zeros((2, 3), np.float32), 6, np.random.default_rng(0), tol=0.5,
+    )  # fmt: skip
+    assert len(hist) == 2  # flat objective, nothing re-seeded: stops at the second iteration
+
+
+@pytest.mark.parametrize("trials", [1, 4])
+def test_kmeanspp_starts_keep_the_lowest_potential_start(trials):
+    x = mixture(3000, 8, 30, seed=12)
+    bounds, k = [0, 1200, 3000], 30
+    # Three single starts by hand, on the same shards and generators, reset in between.
+    call, sizes = _sharded(x, bounds, seed=4)
+    rng = np.random.default_rng(5)
+    singles = []
+    for s in range(3):
+        if s:
+            call("reset", [()] * len(sizes))
+        singles.append(km._seed_once(call, sizes, k, rng, trials))
+    pots = [p for _, p in singles]
+    # The reported potential is the sample's inertia against those centres.
+    for c, p in singles:
+        assert p == pytest.approx(partial_stats(x, c).inertia, rel=1e-4)
+    assert len(set(pots)) == 3 and int(np.argmin(pots)) != 0, "the first start must not already be the best"
+    call, sizes = _sharded(x, bounds, seed=4)
+    best = km.kmeanspp_seed(call, sizes, k, np.random.default_rng(5), n_local_trials=trials, starts=3)
+    np.testing.assert_array_equal(best, singles[int(np.argmin(pots))][0])
+    with pytest.raises(ValueError, match="starts"):
+        km.kmeanspp_seed(call, sizes, k, np.random.default_rng(5), starts=0)
+
+
+@pytest.mark.parametrize("trials", [1, 5])
+def test_pruned_seeding_equals_the_full_pass(trials):
+    # Separated components: once each holds a centre, most rows cannot move for a new one.
+    x = mixture(4000, 12, 25, seed=21, spread=6.0)
+    x[::7] = x[3]  # duplicates must still end at exactly zero
+    out = {}
+    for prune in (True, False):
+        shards = [km.SeedShard(p, np.random.default_rng([8, i]), prune=prune) for i, p in
+                  enumerate(np.array_split(x, 3))]  # fmt: skip
+        c = km.kmeanspp_seed(
+            km.local_call(shards), [len(s) for s in shards], 60, np.random.default_rng(9), trials
+        )
+        out[prune] = c, np.concatenate([s.min_d2 for s in shards]), shards
+    np.testing.assert_array_equal(out[True][0], out[False][0])
+    np.testing.assert_allclose(out[True][1], out[False][1], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out[True][1], brute_force(x, out[True][0]).min(1), rtol=1e-4, atol=1e-3)
+    assert (out[True][1][::7] == 0).all()
+    frac = sum(s.rows_examined for s in out[True][2]) / sum(s.rows_total for s in out[True][2])
+    assert frac < 0.5, f"pruning examined {frac:.0%} of the rows"
+    assert all(s.rows_examined == s.rows_total for s in out[False][2])
