@@ -161,6 +161,7 @@ def main() -> None:
             # Largest process: an actor (its share of the frames); the driver's growth is reported too.
             rows.append({"k": k, "method": f"ours_{workers}_actor", "wall_s": wall, "inertia": inertia(c),
                          "seed_s": book["seed_s"], "lloyd_s": book["fit_s"], "n_iter_run": book["n_iter_run"],
+                         "seed_rows_examined": book["seed_rows_examined"],
                          "largest_process_mb": max(report["actor_peak_rss_mb"]),
                          "driver_growth_mb": mem.peak})  # fmt: skip
         if "faiss" in methods:
