@@ -238,9 +238,8 @@ class ClusterConfig(_Section):
     tol: float = Field(
         1e-4,
         ge=0,
-        description="Stop a codebook's Lloyd loop after an iteration that lowers the objective by less than "
-        "this fraction (0 = always n_iter, as faiss). At 500k x 768 it stops after 8-19 iterations, within "
-        "0.05 % of 20 (bench/bench_kmeans.py).",
+        description="Stop a codebook's Lloyd loop after two iterations in a row that each lower the objective "
+        "by less than this fraction (0 = always n_iter, as faiss).",
     )
     init: Literal["greedy-kmeans++", "kmeans++", "random"] = Field(
         "greedy-kmeans++",

@@ -715,9 +715,10 @@ def iterate(
         centroids: (K, D) float32 starting centroids.
         n_iter: the most iterations; rng: for re-seeding empty clusters; on_iter: called with
             each history row.
-        tol: stop after the first iteration whose objective is less than ``tol`` (relative)
-            below the previous one's, as a plateau (that iteration's update is still applied).
-            0 runs all ``n_iter`` iterations, as faiss does.
+        tol: stop after two iterations in a row whose objectives are each less than ``tol``
+            (relative) below the previous one's (that iteration's update is still applied). Two,
+            because Lloyd's descent often pauses for one iteration and then resumes. 0 runs all
+            ``n_iter`` iterations, as faiss does.
     Returns:
         (centroids after the last update, history rows as documented in ``lloyd``).
     """
@@ -736,9 +737,9 @@ def iterate(
         history.append(row)
         if on_iter is not None:
             on_iter(row)
-        # An iteration's objective measures the previous update; Lloyd only lowers it, so a step
-        # below tol is a plateau. Not after re-seeding: the moved centroids have not settled yet.
-        prev = history[-2]["objective"] if it > 0 else None
-        if tol > 0 and prev is not None and n_reseeded == 0 and prev - stats.inertia < tol * prev:
+        # An iteration's objective measures the previous update; Lloyd only lowers it, so two small
+        # steps in a row are a plateau. Not after re-seeding: the moved centroids have not settled.
+        last = [h["objective"] for h in history[-3:]]
+        if tol > 0 and n_reseeded == 0 and it >= 2 and all(last[j] - last[j + 1] < tol * last[j] for j in (0, 1)):
             break
     return centroids, history

@@ -48,14 +48,15 @@ class FrameShard:
         total = int(rows.n_frames.sum())
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(total, size=min(budget, total), replace=False))
-        # Gather only the kept frames, utterance by utterance, from the memory maps.
+        # Gather only the kept frames, utterance by utterance, from the memory maps, straight into
+        # one preallocated float32 array (a list of parts and a concatenate would hold them twice).
         starts = np.concatenate([[0], np.cumsum(rows.n_frames.to_numpy())])
-        parts = []
+        d = fs.get(utt_ids[0], layer).shape[1] if utt_ids else 1
+        self.x = np.empty((len(keep), d), np.float32)
         for i, u in enumerate(utt_ids):
             lo, hi = np.searchsorted(keep, [starts[i], starts[i + 1]])
             if hi > lo:
-                parts.append(np.asarray(fs.get(u, layer)[keep[lo:hi] - starts[i]], dtype=np.float32))
-        self.x = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+                self.x[lo:hi] = fs.get(u, layer)[keep[lo:hi] - starts[i]]
         self.total = total
 
     def count(self) -> tuple[int, int]:
