@@ -740,6 +740,11 @@ def iterate(
         # An iteration's objective measures the previous update; Lloyd only lowers it, so two small
         # steps in a row are a plateau. Not after re-seeding: the moved centroids have not settled.
         last = [h["objective"] for h in history[-3:]]
-        if tol > 0 and n_reseeded == 0 and it >= 2 and all(last[j] - last[j + 1] < tol * last[j] for j in (0, 1)):
+        if (
+            tol > 0
+            and n_reseeded == 0
+            and it >= 2
+            and all(last[j] - last[j + 1] < tol * last[j] for j in (0, 1))
+        ):
             break
     return centroids, history
