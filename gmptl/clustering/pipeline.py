@@ -41,6 +41,7 @@ class FrameShard:
     ):
         import faiss
 
+        _reset_peak_rss()
         faiss.omp_set_num_threads(1)
         self.gpu = gpu
         fs = store.FeatureStore(Path(folder))
@@ -63,10 +64,24 @@ class FrameShard:
         return len(self.x), self.total
 
     def peak_rss_mb(self) -> float:
-        """This actor process's peak resident memory (Linux reports ru_maxrss in KiB)."""
-        import resource
+        """Peak resident memory of this actor's process since the actor started (see ``_reset_peak_rss``)."""
+        try:
+            status = Path("/proc/self/status").read_text()
+            return int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
+        except (OSError, IndexError):
+            import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _reset_peak_rss() -> None:
+    """Restart the process's peak-RSS count (Linux >= 4.0): Ray may give an actor a worker process
+    that ran other work before, whose peak would otherwise be reported as this actor's. Where this
+    is not possible the report is the process's lifetime peak (an overestimate, never an under-)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
     def start_seeding(self, n: int, seed: list[int]) -> int:
         """Hold this actor's share of the seeding sample (n of its rows) for ``kmeans.kmeanspp_seed``."""

@@ -405,8 +405,11 @@ def test_iterate_stops_after_two_steps_below_tol():
     small = steps < tol
     pairs = small[1:] & small[:-1]
     assert (steps[:3] >= tol).all() and pairs.any(), "data must converge inside 30 iterations"
-    assert (small & ~np.r_[pairs, False] & ~np.r_[False, pairs]).any(), "a lone small step must not stop it"
     stop = int(np.argmax(pairs)) + 2  # the iteration whose objective ends the second small step
+    lone = small & ~np.r_[pairs, False] & ~np.r_[False, pairs]
+    assert lone.any() and int(np.argmax(lone)) + 1 < stop, (
+        "a lone small step before the plateau must not stop it"
+    )
     c, hist = run(tol)
     # The same trajectory cut at the plateau; that iteration's update is still applied.
     assert [h["objective"] for h in hist] == obj[: stop + 1].tolist()
@@ -428,6 +431,13 @@ def test_iterate_does_not_stop_right_after_reseeding():
         np.zeros((2, 3), np.float32), 6, np.random.default_rng(0), tol=0.5,
     )  # fmt: skip
     assert len(hist) == 3  # flat objective, nothing re-seeded: two small steps, stops at the third
+    # One re-seeding, in the update of iteration 1: no stop while it is among the last three iterations.
+    calls = iter(range(100))
+    _, hist = km.iterate(
+        lambda c: PartialStats(np.ones((2, 3)), np.array([5, 0]) if next(calls) == 1 else np.array([3, 2]), 10.0, 5),
+        np.zeros((2, 3), np.float32), 9, np.random.default_rng(0), tol=0.5,
+    )  # fmt: skip
+    assert [h["n_reseeded"] for h in hist] == [0, 1, 0, 0, 0]
 
 
 @pytest.mark.parametrize("trials", [1, 4])
@@ -470,7 +480,8 @@ def test_pruned_seeding_equals_the_full_pass(trials):
     np.testing.assert_array_equal(out[True][0], out[False][0])
     np.testing.assert_allclose(out[True][1], out[False][1], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(out[True][1], brute_force(x, out[True][0]).min(1), rtol=1e-4, atol=1e-3)
-    assert (out[True][1][::7] == 0).all()
+    assert (out[True][0] == x[3]).all(axis=1).any()  # the duplicated row is a centre ...
+    assert (out[True][1][::7] == 0).all()  # ... so all its copies are at exactly 0
     frac = sum(s.rows_examined for s in out[True][2]) / sum(s.rows_total for s in out[True][2])
     assert frac < 0.5, f"pruning examined {frac:.0%} of the rows"
     assert all(s.rows_examined == s.rows_total for s in out[False][2])
