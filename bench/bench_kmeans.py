@@ -185,7 +185,7 @@ def main() -> None:
         print(f"k={k} done", flush=True)
     ray.shutdown()
 
-    print(f"\n{args.n} x {args.d} points, {args.iters} Lloyd iterations, 2 cores; driver peak RSS "
+    print(f"\n{args.n} x {args.d} points, at most {args.iters} Lloyd iterations, 2 cores; driver peak RSS "
           f"{peak_rss_mb():.0f} MB (holds the float32 copy for the reference methods)")  # fmt: skip
     print(
         "largest MB: peak RSS of the largest process (ours: an actor; in-process methods: the float32 "

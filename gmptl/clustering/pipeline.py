@@ -33,6 +33,16 @@ from gmptl.features import store
 log = logging.getLogger(__name__)
 
 
+def _reset_peak_rss() -> None:
+    """Restart the process's peak-RSS count (Linux >= 4.0): Ray may give an actor a worker process
+    that ran other work before, whose peak would otherwise be reported as this actor's. Where this
+    is not possible the report is the process's lifetime peak (an overestimate, never an under-)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 class FrameShard:
     """Ray actor: a disjoint part of the fold's training frames, sampled to its budget."""
 
@@ -72,16 +82,6 @@ class FrameShard:
             import resource
 
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _reset_peak_rss() -> None:
-    """Restart the process's peak-RSS count (Linux >= 4.0): Ray may give an actor a worker process
-    that ran other work before, whose peak would otherwise be reported as this actor's. Where this
-    is not possible the report is the process's lifetime peak (an overestimate, never an under-)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
     def start_seeding(self, n: int, seed: list[int]) -> int:
         """Hold this actor's share of the seeding sample (n of its rows) for ``kmeans.kmeanspp_seed``."""
