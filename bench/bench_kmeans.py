@@ -10,8 +10,8 @@ float32 for the others. Every method gets the same iteration budget where it has
 one; inertia is always recomputed on the *full* set with the same code. fairseq's
 ``learn_kmeans.py`` recipe: MiniBatchKMeans(k-means++, batch 10 000, n_init 20,
 max_iter 100, tol 0, max_no_improvement 100, reassignment_ratio 0). Peak memory is
-the max RSS of the largest process: for our job the largest actor's (``ru_maxrss``, reported
-by the job), for the in-process methods the points they hold plus their RSS growth, sampled
+the max RSS of the largest process: for our job the largest actor's (VmHWM since the actor
+started, reported by the job), for the in-process methods the points they hold plus their RSS growth, sampled
 from /proc; the driver's growth is a column of its own.
 Prints a table; writes ``bench/results/bench_kmeans.json``.
 """

@@ -259,8 +259,8 @@ class ClusterConfig(_Section):
         3,
         ge=1,
         description="k-means++ starts per codebook; the one with the lowest potential on the seeding sample "
-        "is kept (like scikit-learn's n_init, but ranked before Lloyd). One start is a lottery: at K=512 on 500k x 768 five single starts "
-        "ended 1.024-1.045e9 after Lloyd, in the order of their starting inertia.",
+        "is kept (like scikit-learn's n_init, but ranked before Lloyd). One start is a lottery: at K=512 on "
+        "500k x 768 five single starts ended 1.024-1.045e9 after Lloyd, in the order of their starting inertia.",
     )
     seed: int = Field(0, description="Seed of frame sampling, seeding and empty-cluster re-seeding.")
     num_workers: int = Field(

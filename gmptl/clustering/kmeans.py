@@ -502,9 +502,9 @@ class SeedShard:
         # float64 prefix sums: float32 ones lose the small weights far along a 200k-long sum.
         cumsum = np.cumsum(self.min_d2, dtype=np.float64)
         self._potential = float(cumsum[-1])
-        if cumsum[-1] <= 0:
+        if self._potential <= 0:
             return 0.0, np.zeros((0, d), np.float32)
-        return float(cumsum[-1]), self.s[[_draw(self.min_d2, cumsum, self.rng) for _ in range(n_draw)]]
+        return self._potential, self.s[[_draw(self.min_d2, cumsum, self.rng) for _ in range(n_draw)]]
 
 
 # The driver's view of the shards: (method name, one argument tuple per shard) -> one result per

@@ -7,7 +7,8 @@ driver seeds the centroids (k-means++ over a sample that stays on the actors, se
 ``kmeans.kmeanspp_seed``) and runs the Lloyd loop of ``kmeans.iterate``: per
 iteration it sends the centroids and receives per-centroid sums and counts only,
 so driver memory depends on K x D, never on the number of frames. Every K of the
-set is fitted over the same loaded frames. Output per fold: ``L<layer>_k<K>.npy`` centroids and ``kmeans.json``.
+set is fitted over the same loaded frames. Output per fold: ``L<layer>_k<K>.npy``
+centroids and ``kmeans.json``.
 
 label: a Ray Data pass over the feature shards assigns every frame of every
 utterance in the fold to its nearest centroid for every K and writes int32 label
