@@ -4,7 +4,6 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-dev
 
-export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS ?= 1
 export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0

@@ -15,6 +15,28 @@ log = logging.getLogger(__name__)
 # the two cost ~2 s of each fit (bench/bench_fit_overhead.py). A real cluster keeps Ray's defaults.
 EMBEDDED_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
+# Ray binds its servers (GCS, raylet, object manager, workers, dashboard and runtime-env agents) to the
+# node IP, which on Linux it takes from the default route: an embedded Ray would accept connections from
+# the whole network. Ray's single-machine mode (the default on macOS and Windows, switched on by this
+# variable) makes the node IP 127.0.0.1, so every one of them listens on loopback only. Passing
+# `_node_ip_address="127.0.0.1"` does not do it: Ray "resolves" a loopback node IP to the routed one.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOOPBACK_IPS = ("127.0.0.1", "::1", "localhost")
+
+
+class UnsafeRayError(RuntimeError):
+    """The embedded Ray did not come up on loopback (a Ray upgrade changed how it picks its node IP)."""
+
+
+def bind_embedded_ray_to_loopback() -> None:
+    """Make the next local ``ray.init`` / ``ray start`` listen on 127.0.0.1 only (this process and children)."""
+    os.environ.update(LOOPBACK_ENV)
+    import ray._private.ray_constants as ray_constants
+
+    # Ray reads the variable once, when it is first imported; a caller (Ray Tune's driver, a test) may have
+    # imported it already, so the constant is set too.
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
 
 def ensure_ray(cfg: RuntimeConfig) -> None:
     """Initialise Ray once per process; a no-op when it is already up (tests share one session)."""
@@ -32,6 +54,7 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
     else:
         for key, value in EMBEDDED_RAY_ENV.items():  # a value already set wins
             os.environ.setdefault(key, value)
+        bind_embedded_ray_to_loopback()
         # The dashboard process also serves the state API Ray Train's placement-group cleaner polls
         # (without it, it logs "Failed to query ... State API" every few seconds). Bound to localhost.
         ray.init(
@@ -41,6 +64,13 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
             object_store_memory=cfg.object_store_mb * 1024**2 if cfg.object_store_mb else None,
             **kwargs,
         )
+        node_ip = ray.util.get_node_ip_address()
+        if node_ip not in LOOPBACK_IPS:
+            ray.shutdown()
+            raise UnsafeRayError(
+                f"the embedded Ray came up on {node_ip}, not 127.0.0.1: it would accept connections from the "
+                f"network. Join a cluster you started yourself instead (runtime.address, or RAY_ADDRESS)."
+            )
     log.info("ray resources: %s", ray.cluster_resources())
 
 

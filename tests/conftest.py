@@ -4,6 +4,8 @@ import os
 
 from gmptl.runtime import EMBEDDED_RAY_ENV
 
+# Token authentication off is safe only because every Ray the tests start listens on 127.0.0.1 (the
+# embedded Ray through gmptl.runtime, the tests' own ray.init and `ray start` heads alike).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

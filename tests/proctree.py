@@ -79,3 +79,45 @@ def wait_for_http(url: str, proc: subprocess.Popen, log_path: Path, what: str, t
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not start:\n{Path(log_path).read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets a process holds open (what /proc/net/tcp* lists them by)."""
+    out = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    out.add(target[8:-1])
+    return out
+
+
+def _hex_ip(text: str) -> str:
+    """/proc/net/tcp's address: IPv4 as one little-endian word, IPv6 as four (-> ::ffff:127.0.0.1 etc.)."""
+    import ipaddress
+
+    raw = bytes.fromhex(text)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(words)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def listening_sockets(root_pid: int) -> list[tuple[int, str, str, int]]:
+    """(pid, command, ip, port) of every TCP socket in LISTEN state held by ``root_pid`` or a descendant."""
+    st = _stat(root_pid)
+    procs = _with_descendants({root_pid: st[2]} if st else {})
+    owner = {inode: pid for pid in procs for inode in _socket_inodes(pid)}
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A" and f[9] in owner:  # 0A: LISTEN
+                    ip, port = f[1].split(":")
+                    pid = owner[f[9]]
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                    out.append((pid, cmd, _hex_ip(ip), int(port, 16)))
+    return out

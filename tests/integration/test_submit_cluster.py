@@ -20,6 +20,7 @@ from proctree import free_port, kill_tree, wait_for_http
 from gmptl import paths
 from gmptl.cli import main
 from gmptl.config import load_config
+from gmptl.runtime import LOOPBACK_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def ray_head():
              "runtime-env-agent-port", "metrics-export-port")}  # fmt: skip
     bindir = Path(sys.executable).parent
     # The job's `python` must be this venv's (a cluster image has its own on PATH).
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **LOOPBACK_ENV,
                PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")  # fmt: skip
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         env.pop(var, None)
