@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS ?= 1
 export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0
 
-.PHONY: demo test lint install clean docs
+.PHONY: demo test test-fast lint install clean docs
 
 # One install (package + dev extra) serves both targets; re-run when pyproject changes.
 $(STAMP): pyproject.toml
@@ -28,6 +28,12 @@ test: $(STAMP) lint
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; fi; \
 	exit $$rc
 
+# The unit tests only (no Ray, no lint): a quick check while editing.
+test-fast: $(STAMP)
+	@$(BIN)/python -m pytest -q tests/unit; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests; failing" >&2; fi; \
+	exit $$rc
+
 lint: $(STAMP)
 	$(BIN)/ruff check gmptl tests bench
 	$(BIN)/ruff format --check gmptl tests bench
@@ -35,8 +41,12 @@ lint: $(STAMP)
 clean:
 	rm -rf out .pytest_cache
 
-# Regenerate the README's config-key table from the config schema.
+# Regenerate the config-key table of docs/configuration.md from the config schema: the output of
+# `gmptl config --keys`, verbatim, between the config-keys markers (the prose above them is kept).
+CONFIG_DOC := docs/configuration.md
 docs: $(STAMP)
-	$(BIN)/python -c "import re,subprocess,pathlib; p=pathlib.Path('README.md'); s=p.read_text(); \
-	t=subprocess.run(['$(BIN)/gmptl','config','--keys'],capture_output=True,text=True,check=True).stdout.strip(); \
-	p.write_text(re.sub(r'(<!-- config-keys:start[^>]*-->\n).*?(\n<!-- config-keys:end -->)', lambda m: m[1]+t+m[2], s, flags=re.S))"
+	$(BIN)/python -c "import re,subprocess,sys,pathlib; p=pathlib.Path('$(CONFIG_DOC)'); s=p.read_text(); \
+	t=subprocess.run(['$(BIN)/gmptl','config','--keys'],capture_output=True,text=True,check=True).stdout; \
+	pat=re.compile(r'(<!-- config-keys:start[^>]*-->\n).*?(<!-- config-keys:end -->)', re.S); \
+	len(pat.findall(s))==1 or sys.exit('$(CONFIG_DOC): expected one config-keys:start/end marker pair'); \
+	p.write_text(pat.sub(lambda m: m[1]+t+m[2], s))"

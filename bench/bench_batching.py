@@ -11,7 +11,7 @@ mean (mu = ln 3.5, sigma = sqrt(2 ln(4.5 / 3.5)) ~ 0.71), clipped to [0.6, 34] s
 
 1. Padding waste (no model): ``gmptl.training.data.plan_batches`` over all ``--n`` lengths,
    ``bucket`` (pools of ``--pool-batches`` batches) and ``random``, batch sizes 16 and 32, whole
-   utterances and 10 s crops (METHOD.md's training crop: a longer utterance is cut to the crop
+   utterances and 10 s crops (the default training crop, ``crop_s``: a longer utterance is cut to the crop
    length, as the trainer plans it). Waste = 1 - real samples / padded slots over one epoch (all
    batches), as ``EpochStats`` reports it; the median over ``--epochs`` epochs, each planned with
    its own generator.

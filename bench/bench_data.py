@@ -2,7 +2,7 @@
 
 Run by hand: ``.venv/bin/python bench/bench_data.py [--n 400] [--repeats 3]``.
 Prints a table and writes ``bench/results/bench_data.json``. The whole process is
-pinned to one core (the issue's target: 400 utterances in under 30 s on one core),
+pinned to one core (the target: 400 utterances in under 30 s on one core),
 so prepare's thread pool runs on that core too.
 """
 

@@ -1,6 +1,6 @@
 """Benchmark: multi-scale k-means, ours (Ray actors, 1 and 2) vs fairseq's recipe vs faiss.Kmeans.
 
-Run by hand, e.g. the issue's scale (hours on 2 cores for the fairseq recipe at K=4096):
+Run by hand, e.g. at HuBERT-base scale (hours on 2 cores for the fairseq recipe at K=4096):
     .venv/bin/python bench/bench_kmeans.py --n 500000 --d 768 --ks 64,512,4096
 or a quick check: ``--n 50000 --d 64 --ks 64,512 --fairseq-n-init 3``.
 

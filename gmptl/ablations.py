@@ -19,10 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gmptl import paths
-from gmptl.config import Config, config_hash, load_config
+from gmptl.config import Config, config_hash, derive, load_config, read_yaml
 from gmptl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,30 +33,31 @@ def ablations_path_for(config_file: str | Path) -> Path:
     return p.with_name(p.stem + ".ablations.yaml")
 
 
-def load_ablations(path: str | Path, config_file: str | Path, sets: list[str]) -> dict[str, list[str]]:
-    """Ablation name -> ``key=value`` overrides; every ablation's config is validated here, before any run."""
+def load_ablations(path: str | Path, base: Config) -> dict[str, dict[str, Any]]:
+    """Ablation name -> {dotted key: value}; every ablation's config is validated here, before any run."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
             f"{path}: no ablations file; write one (name: {{dotted.key: value}}) or pass --ablations-file"
         )
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, "ablations") or {}
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{path}: expected a mapping of ablation name -> {{dotted.key: value}}")
-    out: dict[str, list[str]] = {}
-    for name, overrides in data.items():
+    out: dict[str, dict[str, Any]] = {}
+    for name, updates in data.items():
         if name == FULL:
             raise ConfigError(f"{path}: `{FULL}` names the unablated run; rename that ablation")
-        if not isinstance(overrides, dict) or not overrides:
+        if not isinstance(updates, dict) or not updates or not all(isinstance(k, str) for k in updates):
             raise ConfigError(
                 f"{path}: ablation {name!r}: expected a non-empty {{dotted.key: value}} mapping"
             )
-        out[str(name)] = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-        try:
-            load_config(str(config_file), sets + out[str(name)])
-        except ConfigError as e:
-            raise ConfigError(f"{path}: ablation {name!r}: {e}") from e
+        derive(base, updates, f"{path}: ablation {name!r}")
+        out[str(name)] = dict(updates)
     return out
+
+
+def _shown(updates: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in updates.items()]
 
 
 def _row(name: str, overrides: list[str], cfg: Config, report: dict[str, Any]) -> dict[str, Any]:
@@ -92,15 +91,15 @@ def run_ablations(config_file: str, sets: list[str], ablations_file: str | None 
     """Run the full experiment and every ablation; returns (folder of the table, the table)."""
     from gmptl.experiment import run_experiment
 
-    ablations = load_ablations(ablations_file or ablations_path_for(config_file), config_file, sets)
     base = load_config(config_file, sets)
+    ablations = load_ablations(ablations_file or ablations_path_for(config_file), base)
     rows = []
-    for name, overrides in [(FULL, []), *ablations.items()]:
-        cfg = load_config(config_file, sets + overrides)
-        log.info("ablation %s: %s", name, overrides or "(none)")
+    for name, updates in [(FULL, {}), *ablations.items()]:
+        cfg = derive(base, updates, f"ablation {name!r}")
+        log.info("ablation %s: %s", name, _shown(updates) or "(none)")
         out = run_experiment(cfg)
         assert out.report is not None
-        rows.append(_row(name, overrides, cfg, out.report))
+        rows.append(_row(name, _shown(updates), cfg, out.report))
     folder = paths.output_dir(base) / "ablations" / config_hash(base)
     folder.mkdir(parents=True, exist_ok=True)
     text = table(rows)

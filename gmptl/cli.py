@@ -1,8 +1,9 @@
 """The ``gmptl`` command line: one subcommand per pipeline step, each a thin wrapper.
 
-Every subcommand loads one validated config (``--config FILE`` plus ``--set
-key=value``), configures logging once, calls one library function and prints
-where its outputs went. Errors print one message naming the key, file or line
+Every subcommand that runs pipeline steps takes its config as a positional ``CONFIG``
+file plus ``--set key=value`` overrides (the corpus tools ``prepare``, ``folds``,
+``synth`` and ``predict`` take an optional ``--config``), configures logging once,
+calls one library function and prints where its outputs went. Errors print one message naming the key, file or line
 and exit non-zero (2 for config errors, 1 for bad input).
 """
 
@@ -32,6 +33,24 @@ def _setup_logging(verbose: bool) -> None:
 
 def _load(config: str | None, sets: tuple[str, ...], extra: list[str] | None = None) -> Config:
     return load_config(config, list(sets) + (extra or []))
+
+
+class StepChoice(click.Choice):
+    """Step names of :mod:`gmptl.steps`, read when the command runs: a step added to the graph is a choice."""
+
+    def __init__(self, train_only: bool = False) -> None:
+        self.train_only = train_only
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from gmptl import steps
+
+        return tuple(steps.train_stages() if self.train_only else steps.names())
+
+    @choices.setter
+    def choices(self, value: object) -> None:  # click.Choice.__init__ assigns it; the graph decides
+        pass
 
 
 _config_option = click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML config file.")
@@ -126,9 +145,8 @@ def folds(manifest: str, out: str | None, as_json: bool, config: str | None, set
 
 @cli.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
-@click.option("--until", type=click.Choice(["folds", "mtl", "extract", "cluster", "label", "gmp", "utterance",
-                                           "evaluate"]), default="evaluate", show_default=True,
-              help="Stop after this step.")  # fmt: skip
+@click.option("--until", type=StepChoice(), default="evaluate", show_default=True,
+              help="Stop after this step (and the steps it needs).")  # fmt: skip
 @click.option("--ablations", is_flag=True,
               help="Also run every ablation of CONFIG_FILE.ablations.yaml (or --ablations-file) and print "
                    "one comparison table.")  # fmt: skip
@@ -204,15 +222,14 @@ def extract(config_file: str, sets: tuple[str, ...]) -> None:
 
 
 def _run_until(config_file: str, sets: tuple[str, ...], until: str) -> None:
-    from gmptl import paths
+    from gmptl import steps
     from gmptl.experiment import run_experiment
 
     cfg = _load(config_file, sets)
     out = run_experiment(cfg, until=until)
     click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
     for i in range(len(out.fold_rows)):
-        folder = paths.clusters_dir(cfg, i) if until == "cluster" else paths.labels_dir(cfg, i)
-        click.echo(f"{until} outputs, fold {i}: {folder}")
+        click.echo(f"{until} outputs, fold {i}: {steps.get(until).folder(cfg, i)}")
 
 
 @cli.command()
@@ -233,7 +250,7 @@ def label(config_file: str, sets: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
-@click.option("--stage", required=True, type=click.Choice(["mtl", "gmp", "utterance"]),
+@click.option("--stage", required=True, type=StepChoice(train_only=True),
               help="mtl = stage 0, gmp = stage 1, utterance = stage 2.")  # fmt: skip
 @click.option("--fold", "fold_sel", default="all", show_default=True, help="Fold index (0-based) or `all`.")
 @_set_option

@@ -5,10 +5,9 @@ Output: a frozen :class:`Config`. Unknown keys, wrong types and cross-field
 violations are :class:`ConfigError` s that name the key and where it came from
 (the file or the command line).
 
-Sections that later pipeline stages own (``model``, ``features``, ``clustering``,
-``stages.*``, ``tune``, ``tracking``, ``runtime``) exist now so the tree has its
-final shape, and accept no keys until those stages define them: a key there is an
-error, never silently ignored.
+One YAML reader (:func:`read_yaml`) serves configs, search spaces and ablations; one
+function (:func:`derive`) makes every config from another (a seed, a trial, an
+ablation); :data:`PATH_KEYS` lists the keys that hold local paths (:func:`absolutize`).
 """
 
 from __future__ import annotations
@@ -110,7 +109,7 @@ class OfficialSplits(_Section):
 
 
 class FoldsConfig(_Section):
-    """Speaker-independent cross-validation (METHOD.md, evaluation protocol)."""
+    """Speaker-independent cross-validation (docs/method.md, evaluation protocol)."""
 
     scheme: Literal["loso", "lospk", "speaker_kfold", "official"] = Field(
         "loso",
@@ -152,7 +151,7 @@ PRESET_DEPTH = {"tiny": 4, "base": 12, "large": 24}
 
 
 class ModelConfig(_Section):
-    """The self-supervised speech encoder (METHOD.md stage 0 starts from it)."""
+    """The self-supervised speech encoder that stage 0 starts from."""
 
     backbone: str = Field(
         "facebook/hubert-base-ls960",
@@ -171,12 +170,12 @@ class ModelConfig(_Section):
 
 
 class FeatureConfig(_Section):
-    """Frame features for the GMP k-means (METHOD.md step 1)."""
+    """Frame features for the GMP k-means."""
 
     source: Literal["mtl", "pretrained"] = Field(
         "mtl",
         description="`mtl`: each fold's stage-0 (emotion + gender) model, which is what makes the pseudo-labels "
-        "gender-augmented (METHOD.md); `pretrained`: model.backbone as is, shared by all folds.",
+        "gender-augmented; `pretrained`: model.backbone as is, shared by all folds.",
     )
     layers: list[int] = Field(
         default_factory=lambda: [10],
@@ -220,7 +219,7 @@ class FeatureConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    """Multi-scale k-means over the fold's training frames (METHOD.md step 2)."""
+    """Multi-scale k-means over the fold's training frames."""
 
     k: list[int] = Field(
         default_factory=lambda: [64, 512, 4096],
@@ -243,8 +242,8 @@ class ClusterConfig(_Section):
     )
     init: Literal["greedy-kmeans++", "kmeans++", "random"] = Field(
         "greedy-kmeans++",
-        description="Seeding: greedy k-means++ (2 + ln K candidates per centre, as scikit-learn) ends ~20 % "
-        "lower in inertia than plain k-means++ at K=512 (bench/bench_kmeans.py); `random` is faiss's default.",
+        description="Seeding: greedy k-means++ (2 + ln K candidates per centre, as scikit-learn), plain "
+        "k-means++, or `random` (faiss's default).",
     )
     init_points_per_centroid: int = Field(
         20, ge=1, description="k-means++ seeds on min(frames, max(this x K, init_min_points)) sampled frames."
@@ -252,15 +251,15 @@ class ClusterConfig(_Section):
     init_min_points: int = Field(
         30_000,
         ge=0,
-        description="Floor of the seeding sample: 20 x K frames is too few at small K (K=512 ended 3.9 % above "
-        "fairseq's recipe with 20 x K, 0.3 % with 60 x K; bench/bench_kmeans.py). sklearn's init_size is 30 000.",
+        description="Floor of the seeding sample, which 20 x K frames would leave too small at small K "
+        "(scikit-learn's init_size is 30 000).",
     )
     init_starts: int = Field(
         3,
         ge=1,
         description="k-means++ starts per codebook; the one with the lowest potential on the seeding sample "
-        "is kept (like scikit-learn's n_init, but ranked before Lloyd). One start is a lottery: at K=512 on "
-        "500k x 768 five single starts ended 1.024-1.045e9 after Lloyd, in the order of their starting inertia.",
+        "is kept (like scikit-learn's n_init, but ranked before Lloyd, which ends in the order the starts "
+        "began).",
     )
     seed: int = Field(0, description="Seed of frame sampling, seeding and empty-cluster re-seeding.")
     num_workers: int = Field(
@@ -411,7 +410,7 @@ class TrackingConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """What every training stage shares (METHOD.md, starting hyperparameters)."""
+    """What every training stage shares (starting hyperparameters: docs/method.md)."""
 
     lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
@@ -437,7 +436,7 @@ class TrainConfig(_Section):
     eval_batch_max_audio_s: float = Field(
         120.0, gt=0, description="Padded audio seconds per evaluation batch (whole utterances)."
     )
-    freeze_cnn: bool = Field(True, description="Freeze the CNN feature encoder (METHOD.md).")
+    freeze_cnn: bool = Field(True, description="Freeze the CNN feature encoder.")
     freeze_layers: int = Field(0, ge=0, description="Also freeze the first N transformer layers.")
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Set every dropout of the backbone to this; null = keep the backbone's."
@@ -490,7 +489,8 @@ class GMPStageConfig(TrainConfig):
 
     lr: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.")
     init: Literal["pretrained", "mtl"] = Field(
-        "pretrained", description="Start from model.backbone (METHOD.md default) or the fold's stage-0 model."
+        "pretrained",
+        description="Start from model.backbone (the paper's setting) or the fold's stage-0 model.",
     )
     head_dim: int = Field(256, ge=1, description="Hidden size of each frame head: Linear, tanh, Linear to K.")
     mask_prob: float = Field(0.065, ge=0, lt=1, description="Time masking (HuBERT's p); 0 = off.")
@@ -600,22 +600,31 @@ def _apply_override(tree: dict[str, Any], item: str) -> str:
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise ConfigError(f"--set {item!r}: {key!r} is not a dotted config key such as folds.scheme")
+    _put(tree, key, _parse_scalar(raw), f"--set {item!r}")
+    return key
+
+
+def _put(tree: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set a dotted key in a raw config tree, creating the sections on the way."""
     node = tree
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            raise ConfigError(f"{source}: {'.'.join(parts[: i + 1])} is a value, not a section")
         node = child
-    node[parts[-1]] = _parse_scalar(raw)
-    return key
+    node[parts[-1]] = value
 
 
 def _format_errors(err: ValidationError, source: str, override_keys: set[str]) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        where = "--set" if any(loc == k or loc.startswith(k + ".") for k in override_keys) else source
+        where = (
+            "--set"
+            if any(loc == k or loc.startswith(k + ".") or k.startswith(loc + ".") for k in override_keys)
+            else source
+        )
         if e["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown config key {loc!r}; see `gmptl config --keys` for the valid keys")
         elif e["type"] == "value_error":
@@ -626,12 +635,50 @@ def _format_errors(err: ValidationError, source: str, override_keys: set[str]) -
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The one YAML reader of gmptl (configs, search spaces, ablations): YAML 1.2 floats (``1e-4`` is a
+    number), UTF-8, and errors that name the file and the line.
+
+    Raises:
+        ConfigError: a missing or unreadable file, text that is not UTF-8, or invalid YAML.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{what} file {p} does not exist" + (" (it is a folder)" if p.is_dir() else ""))
+    try:
+        text = p.read_bytes().decode("utf-8-sig")  # a byte-order mark is not content
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the {what} file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the {what} file: {e.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}, line {mark.line + 1}" if mark is not None else str(p)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+
+
+def _validate(tree: dict[str, Any], source: str, override_keys: set[str]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source, override_keys)) from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    updates: dict[str, Any] | None = None,
+) -> Config:
     """Read YAML (optional), apply dotted overrides, validate strictly.
 
     Args:
         path: a YAML file whose top level is a mapping, or None for the defaults.
-        overrides: ``key=value`` strings; values are parsed as YAML scalars/lists.
+        overrides: ``key=value`` strings (``--set``); values are parsed as YAML scalars/lists.
+        updates: dotted key -> value, applied after the file and before ``overrides`` (a search
+            space's ``tune:`` settings).
     Raises:
         ConfigError: unreadable file, bad override syntax, unknown key, wrong type,
             or a cross-field rule; the message names the key and its source.
@@ -639,26 +686,100 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.load(p.read_text(), Loader=_Loader)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        source = str(path)
+        loaded = read_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(
-                f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}"
+                f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}"
             )
         tree = loaded
+    for key, value in (updates or {}).items():
+        _put(tree, key, value, source)
     override_keys = {_apply_override(tree, item) for item in overrides}
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, source, override_keys)) from None
+    return _validate(tree, source, override_keys)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, source: str) -> None:
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            what = "is a value, not a section" if part in node else "is not a config section"
+            raise ConfigError(f"{source}: {key}: {'.'.join(parts[: i + 1])} {what}")
+        node = child
+    node[parts[-1]] = value
+
+
+def derive(cfg: Config, updates: dict[str, Any], source: str = "derived config") -> Config:
+    """A new validated config: ``cfg`` with dotted keys set to (already parsed) values.
+
+    The one way to make a config from another (a fold's seed, a trial's sampled point, an ablation,
+    absolute paths). ``updates`` maps dotted keys (``stages.utterance.lr``) to values; keys apply in order.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or a broken cross-field rule, naming ``source`` and the key.
+    """
+    tree = to_dict(cfg)
+    for key, value in updates.items():
+        _set_dotted(tree, key, value, source)
+    return _validate(tree, source, set())
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    """The value of a dotted key (``stages.utterance.lr``)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+# Keys whose values are local file-system paths (or, for some, URIs that may hold one): the one list that
+# `absolutize`, the job-submission checks and the MLflow default read.
+PATH_KEYS = ("output_dir", "data.root", "runtime.storage_path", "tracking.uri")
+
+
+def local_path(key: str, value: str | None) -> tuple[str, str] | None:
+    """(prefix, path) when the value of path key ``key`` names a local file or folder, else None.
+
+    ``tracking.uri`` holds one as ``sqlite:///<path>``; a ``scheme://`` URI (s3, http, ...) holds none.
+    """
+    if not value:
+        return None
+    if key == "tracking.uri":
+        return ("sqlite:///", value.removeprefix("sqlite:///")) if value.startswith("sqlite:///") else None
+    return None if "://" in value else ("", value)
+
+
+def absolute(value: str) -> str:
+    """A local path with ``~`` expanded, made absolute (relative to the working directory)."""
+    return str(Path(value).expanduser().resolve())
+
+
+def absolutize(cfg: Config) -> Config:
+    """``cfg`` with every local path of :data:`PATH_KEYS` absolute and ``~`` expanded.
+
+    Ray workers, Tune trials and cluster jobs run in other working directories: a relative path there
+    names another place.
+    """
+    updates = {}
+    for key in PATH_KEYS:
+        split = local_path(key, get_key(cfg, key))
+        if split is not None:
+            updates[key] = split[0] + absolute(split[1])
+    return derive(cfg, updates, "absolute paths")
+
+
+def relative_paths(cfg: Config) -> dict[str, str]:
+    """The path keys whose local path is relative (``~`` counts as absolute): key -> value."""
+    out = {}
+    for key in PATH_KEYS:
+        split = local_path(key, get_key(cfg, key))
+        if split is not None and not Path(split[1]).expanduser().is_absolute():
+            out[key] = get_key(cfg, key)
+    return out
 
 
 def to_dict(section: BaseModel) -> dict[str, Any]:

@@ -19,12 +19,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gmptl.config import Config, config_hash, config_hash_of, to_dict
+from gmptl.config import Config, absolute, config_hash, config_hash_of, to_dict
+
+# The file each step writes last into its folder: the step is done when it exists (gmptl.steps).
+STAGE_JSON = "stage.json"
+FEATURES_INDEX = "index.parquet"
+KMEANS_JSON = "kmeans.json"
+LABELS_JSON = "labels.json"
+LABELS_INDEX = "index.parquet"
+TEST_JSON = "test.json"
+
+
+def centroids_file(layer: int, k: int) -> str:
+    """The codebook of K centroids fitted on transformer layer ``layer`` (1-based), in a clusters folder."""
+    return f"L{layer}_k{k}.npy"
 
 
 def output_dir(cfg: Config) -> Path:
     """``output_dir`` made absolute: Ray workers run in other working directories."""
-    return Path(cfg.output_dir).expanduser().resolve()
+    return Path(absolute(cfg.output_dir))
 
 
 def _rel(cfg: Config, path: Path) -> str:
@@ -35,7 +48,7 @@ def _rel(cfg: Config, path: Path) -> str:
 def corpus_root(cfg: Config) -> Path:
     """``data.root``, or for the synthetic corpus its generated folder under output_dir."""
     if cfg.data.root:
-        return Path(cfg.data.root).expanduser().resolve()
+        return Path(absolute(cfg.data.root))
     return output_dir(cfg) / "synthetic_corpus" / config_hash(cfg.data.synth)
 
 
@@ -113,10 +126,19 @@ def stage_dir(cfg: Config, fold: int, stage: str) -> Path:
     return output_dir(cfg) / "train" / stage / key / f"fold{fold}"
 
 
+def stage_run_name(cfg: Config, fold: int, stage: str) -> str:
+    """The Ray Train run (and MLflow run key) of one stage of one fold: resuming finds it by this name."""
+    return f"{stage}-fold{fold}-{stage_dir(cfg, fold, stage).parent.name}"
+
+
 def storage_path(cfg: Config) -> str:
     """Where Ray Train persists checkpoints: runtime.storage_path, else <output_dir>/ray_results (absolute)."""
     if cfg.runtime.storage_path:
-        return cfg.runtime.storage_path
+        return (
+            absolute(cfg.runtime.storage_path)
+            if "://" not in cfg.runtime.storage_path
+            else cfg.runtime.storage_path
+        )
     return str(output_dir(cfg) / "ray_results")
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections.abc import Iterable
 
-from gmptl.config import RuntimeConfig
+from gmptl.config import Config, RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,36 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
                 f"network. Join a cluster you started yourself instead (runtime.address, or RAY_ADDRESS)."
             )
     log.info("ray resources: %s", ray.cluster_resources())
+
+
+def stage_demand(cfg: Config, stages: Iterable[str]) -> tuple[float, float]:
+    """(CPUs, GPUs) one Ray Train run of the largest of ``stages`` holds: its workers x per-worker resources."""
+    sections = [getattr(cfg.stages, s) for s in stages]
+    cpu = max((s.num_workers * s.num_cpus_per_worker for s in sections), default=0.0)
+    gpu = max((float(s.num_workers) if s.use_gpu else 0.0 for s in sections), default=0.0)
+    return cpu, gpu
+
+
+def how_many_fit(resources: dict[str, float], cpu: float, gpu: float) -> int:
+    """How many jobs of (``cpu``, ``gpu``) the cluster's ``resources`` hold at once (0 when not even one)."""
+    fits = math.floor(resources.get("CPU", 0.0) / cpu + 1e-6) if cpu > 0 else 1 << 30
+    if gpu > 0:
+        fits = min(fits, math.floor(resources.get("GPU", 0.0) / gpu + 1e-6))
+    return fits
+
+
+def fold_parallelism(cfg: Config, stages: Iterable[str], n_jobs: int, resources: dict[str, float]) -> int:
+    """How many (fold, seed) jobs of a run train at once: ``runtime.parallel_folds``, or as many as fit.
+
+    A job holds, while it trains, its largest stage's workers x CPUs (x GPUs with use_gpu). The data
+    steps (extraction, k-means, labels) run one job at a time: each already spreads over the cluster.
+    """
+    stages = list(stages)
+    if cfg.runtime.parallel_folds is not None:
+        return max(1, min(cfg.runtime.parallel_folds, n_jobs))
+    if not stages or n_jobs == 1:
+        return 1
+    return max(1, min(n_jobs, how_many_fit(resources, *stage_demand(cfg, stages))))
 
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")

@@ -35,9 +35,15 @@ class TrackingError(GmptlError):
 
 def resolve_uri(cfg: Config) -> str:
     """``tracking.uri``, or the embedded default ``sqlite:///<output_dir>/mlflow.db`` (absolute)."""
+    from gmptl.config import absolute, local_path
+    from gmptl.paths import output_dir
+
+    split = local_path("tracking.uri", cfg.tracking.uri)
+    if split is not None:
+        return split[0] + absolute(split[1])
     if cfg.tracking.uri:
         return cfg.tracking.uri
-    return f"sqlite:///{(Path(cfg.output_dir) / 'mlflow.db').resolve()}"
+    return f"sqlite:///{output_dir(cfg) / 'mlflow.db'}"
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:

@@ -1,1 +1,1 @@
-"""Multi-scale k-means for the GMP pseudo-labels (METHOD.md step 2): kmeans.py is pure math; the Ray job comes later."""
+"""Multi-scale k-means for the GMP pseudo-labels: kmeans.py is pure math, pipeline.py the Ray jobs, labels.py reads labels back."""

@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gmptl import paths
 from gmptl.clustering import kmeans
-from gmptl.config import ClusterConfig, RuntimeConfig, to_dict
+from gmptl.clustering.labels import label_quality, label_shard
+from gmptl.config import ClusterConfig, Config, RuntimeConfig, to_dict
 from gmptl.features import store
 
 log = logging.getLogger(__name__)
@@ -221,9 +223,9 @@ def fit_codebooks(
             tol=cfg.tol,
         )
         final = stats_of(centroids)
-        np.save(out / f"L{layer}_k{k}.npy", centroids)
+        np.save(out / paths.centroids_file(layer, k), centroids)
         report["codebooks"][str(k)] = {
-            "file": f"L{layer}_k{k}.npy",
+            "file": paths.centroids_file(layer, k),
             "history": history,
             "final_objective": final.inertia,
             "final_imbalance": kmeans.imbalance(final.counts),
@@ -242,7 +244,7 @@ def fit_codebooks(
         ray.kill(a)
     report["wall_s"] = time.perf_counter() - t0
     report["config"] = to_dict(cfg)
-    (out / "kmeans.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / paths.KMEANS_JSON).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -273,7 +275,7 @@ class ShardLabeller:
                 )
             for k, c in self.centroids.items():
                 labels = kmeans.assign(x, c, self.gpu)[0].astype(np.int32)
-                path = self.out / f"shard_{shard:05d}.k{k}.npy"
+                path = label_shard(self.out, shard, k)
                 store.atomic_write_bytes(path, lambda fh, a=labels: np.save(fh, a))
                 rows["shard"].append(shard)
                 rows["k"].append(k)
@@ -314,7 +316,7 @@ def assign_labels(
     # The label count of every utterance must equal its feature frame count.
     for shard, group in index.groupby("shard"):
         for k in centroids:
-            n = len(np.load(out / f"shard_{shard:05d}.k{k}.npy", mmap_mode="r"))
+            n = len(np.load(label_shard(out, shard, k), mmap_mode="r"))
             record_total = int(fs.index[fs.index.shard == shard].xs(layer, level="layer").n_frames.sum())
             if n != record_total:
                 bad = group.utt_id.tolist()[:3]
@@ -322,21 +324,47 @@ def assign_labels(
                     f"labels of shard {shard} (utterances {bad} ...) have {n} frames, features {record_total}"
                 )
     index["part"] = index.utt_id.map(utt_parts)
-    index.to_parquet(out / "index.parquet", index=False)
+    index.to_parquet(out / paths.LABELS_INDEX, index=False)
     return index
 
 
-class LabelStore:
-    """Read access to per-utterance frame labels."""
+def cluster_layer(cfg: Config) -> int:
+    """The transformer layer (1-based) whose frames are clustered: clustering.layer, else the first extracted."""
+    return cfg.clustering.layer if cfg.clustering.layer is not None else cfg.features.layers[0]
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.index = pd.read_parquet(self.folder / "index.parquet").set_index("utt_id")
 
-    def get(self, utt_id: str, k: int) -> np.ndarray:
-        row = self.index.loc[utt_id]
-        arr = np.load(self.folder / f"shard_{int(row.shard):05d}.k{k}.npy", mmap_mode="r")
-        labels = np.asarray(arr[int(row.offset) : int(row.offset) + int(row.n_frames)])
-        if len(labels) != int(row.n_frames):
-            raise ValueError(f"utterance {utt_id}: {len(labels)} labels for {int(row.n_frames)} frames")
-        return labels
+def _done(folder: Path, marker: str) -> dict[str, Any] | None:
+    return json.loads((folder / marker).read_text()) if (folder / marker).is_file() else None
+
+
+def cluster_step(ctx: Any) -> dict[str, Any]:
+    """Pipeline step ``cluster``: one codebook per K, fitted on the fold's training speakers only."""
+    cfg, fold = ctx.cfg, ctx.fold
+    out = paths.clusters_dir(cfg, fold.index)
+    if (done := _done(out, paths.KMEANS_JSON)) is not None:
+        return done
+    train = fold.select(ctx.df, "train").utt_id.tolist()
+    return fit_codebooks(
+        paths.features_dir(cfg, fold.index), train, cluster_layer(cfg), cfg.clustering, cfg.runtime, out
+    )
+
+
+def label_step(ctx: Any) -> dict[str, Any]:
+    """Pipeline step ``label``: frame pseudo-labels for the fold's train, validation and (for analysis) test
+    utterances, with their cluster quality; labels.json is written last."""
+    cfg, df, fold = ctx.cfg, ctx.df, ctx.fold
+    out = paths.labels_dir(cfg, fold.index)
+    if (done := _done(out, paths.LABELS_JSON)) is not None:
+        return done
+    layer = cluster_layer(cfg)
+    cdir = paths.clusters_dir(cfg, fold.index)
+    centroids = {k: np.load(cdir / paths.centroids_file(layer, k)) for k in cfg.clustering.k}
+    part = fold.part_of(df)
+    parts = pd.Series(part.to_numpy(), index=df.utt_id)[part.to_numpy() != ""]
+    index = assign_labels(
+        paths.features_dir(cfg, fold.index), centroids, layer, parts, cfg.clustering, cfg.runtime, out
+    )
+    quality, counts = label_quality(paths.corpus_root(cfg), cfg.clustering.k, out, index)
+    report = {"layer": layer, "n_utterances": int(len(index)), "quality": quality, "counts": counts}
+    (out / paths.LABELS_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -170,3 +170,74 @@ def prepare_manifest(
         sum(loaded.excluded.values()),
     )
     return PrepareResult(out, report_path, summary, dict(loaded.excluded), loaded.notes)
+
+
+# ----------------------------------------------------------------------------- the pipeline's setup step
+
+
+@dataclass
+class Prepared:
+    """What every later step starts from: the manifest (as a table) and the speaker-independent folds."""
+
+    corpus_root: Path
+    manifest_path: Path
+    folds_path: Path
+    summary: dict[str, Any]
+    df: Any  # pandas.DataFrame
+    folds: list[Any]  # gmptl.data.folds.Fold
+
+
+def ensure_synthetic_corpus(cfg: Config, root: Path) -> str:
+    """Generate the synthetic corpus unless ``root`` already holds one with the same settings."""
+    from gmptl.config import to_dict
+    from gmptl.data.corpora.iemocap import read_synthetic_marker
+    from gmptl.data.synth import synthesize_corpus
+    from gmptl.errors import ConfigError
+
+    marker = read_synthetic_marker(root)
+    wanted = to_dict(cfg.data.synth)
+    if marker is not None:
+        found = {k: marker.get(k) for k in wanted}
+        if found == wanted:
+            return "cached"
+        raise ConfigError(
+            f"data.root={root} holds a synthetic corpus made with {found}, but data.synth is {wanted}; "
+            f"point data.root elsewhere or leave it unset (the default folder is keyed on data.synth)"
+        )
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(
+            f"data.root={root} is not empty and is not a synthetic corpus; refusing to write into it"
+        )
+    res = synthesize_corpus(root, cfg.data.synth)
+    log.info("synthesised %d utterances (%.2f h) into %s", res.n_utterances, res.hours, root)
+    return "ran"
+
+
+def prepare_folds(cfg: Config, status: dict[str, str] | None = None) -> Prepared:
+    """The setup step (``folds``): the synthetic corpus if asked for, the manifest, the folds.
+
+    The corpus and manifest are cached by the data hash; the folds are cheap and always rebuilt and
+    re-checked for speaker leakage. ``status`` gets "ran" or "cached" for synth, prepare and folds.
+    """
+    from gmptl import paths
+    from gmptl.data.folds import make_folds, write_folds
+    from gmptl.data.manifest import read_manifest
+
+    status = {} if status is None else status
+    root = paths.corpus_root(cfg)
+    if cfg.data.corpus == "synthetic":
+        status["synth"] = ensure_synthetic_corpus(cfg, root)
+    manifest = paths.manifest_path(cfg)
+    report = report_path_for(manifest)
+    if manifest.is_file() and report.is_file():
+        status["prepare"] = "cached"
+        summary = json.loads(report.read_text())["summary"]
+    else:
+        status["prepare"] = "ran"
+        summary = prepare_manifest(cfg.data, root, manifest, full_config=cfg).summary.as_dict()
+    df = read_manifest(manifest)
+    folds = make_folds(df, cfg.folds)
+    folds_file = paths.folds_path(cfg)
+    status["folds"] = "cached" if folds_file.is_file() else "ran"
+    write_folds(df, folds, cfg.folds, folds_file)
+    return Prepared(root, manifest, folds_file, summary, df, folds)

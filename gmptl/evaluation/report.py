@@ -1,6 +1,6 @@
 """The cross-validation report: per-fold test metrics, means and spreads, the summed confusion matrix.
 
-``report.json`` has exactly the keys issue 5 specifies (and nothing else), so scripts can rely on it;
+``report.json`` has a fixed set of keys (and nothing else), so scripts can rely on it;
 ``report.md`` is the same content for people. Pure: no Ray, no MLflow.
 """
 

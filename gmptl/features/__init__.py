@@ -1,1 +1,1 @@
-"""Frame features (METHOD.md step 1): extractor.py is pure (no ray); pipeline.py runs it on Ray Data."""
+"""Frame features for the GMP k-means: extractor.py is pure (no ray); pipeline.py runs it on Ray Data."""

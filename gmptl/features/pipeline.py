@@ -224,3 +224,21 @@ def extract_features(
     }
     (folder / "extract.json").write_text(json.dumps(step, indent=2) + "\n")
     return result
+
+
+def extract_step(ctx: Any) -> ExtractResult:
+    """Pipeline step ``extract``: frame features of ``model.backbone`` (every utterance, shared by all
+    folds) or, with ``features.source=mtl``, of the fold's stage-0 model (the utterances the fold uses)."""
+    from gmptl import paths
+    from gmptl.models.factory import BACKBONE_DIR
+
+    cfg, df, fold = ctx.cfg, ctx.df, ctx.fold
+    model_cfg, rows, index = cfg.model, df, None
+    model_dir = paths.extraction_model_dir(cfg, fold.index)
+    if model_dir is not None:
+        model_cfg = ModelConfig(backbone=str(model_dir / BACKBONE_DIR), offline=True)
+        rows = df[fold.part_of(df).to_numpy() != ""]
+        index = fold.index
+    return extract_features(
+        rows, model_cfg, cfg.features, cfg.runtime, paths.features_dir(cfg, index), cfg.data.sample_rate_hz
+    )

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-INDEX_FILE = "index.parquet"
+from gmptl import paths
+
+INDEX_FILE = paths.FEATURES_INDEX
 
 
 def shard_json(folder: Path, shard: int) -> Path:

@@ -299,7 +299,7 @@ class Predictor:
 
     def plot(self, wave: np.ndarray, pred: Prediction, path: str | Path) -> Path:
         """The timeline PNG: the waveform with the frame track (and per-class probabilities) under it."""
-        from gmptl.evaluation.plots import frame_track_png
+        from gmptl.plots import frame_track_png
 
         return frame_track_png(
             wave, self.sample_rate_hz, pred.frames, self.labels, path, title=Path(pred.path).name,

@@ -1,1 +1,1 @@
-"""Models: the speech encoder backbone and (issue 4) the stage heads."""
+"""Models: the speech encoder backbone and the stage heads."""

@@ -1,6 +1,6 @@
 """The self-supervised speech encoder: presets with random weights, or `from_pretrained`.
 
-Layer convention (METHOD.md): layer L is 1-based and means the output of the
+Layer convention (docs/method.md): layer L is 1-based and means the output of the
 L-th transformer layer, which is transformers' ``hidden_states[L]``;
 ``hidden_states[0]`` is the input to the first layer. For stable-layer-norm
 encoders (HuBERT large), transformers applies the final layer norm to the last
@@ -109,7 +109,7 @@ def check_layers(model: PreTrainedModel, layers: list[int]) -> None:
 def truncate_to(model: PreTrainedModel, deepest: int) -> int:
     """Drop the transformer layers that ``hidden_states[1..deepest]`` do not need, in place.
 
-    Feature extraction keeps layer 10 of 12 by default (METHOD.md): running layers 11-12 is
+    Feature extraction keeps layer 10 of 12 by default (docs/method.md): running layers 11-12 is
     pure waste. Stable-layer-norm encoders (HuBERT large) apply the final layer norm to the
     *last* hidden state, so they keep one layer more and ``hidden_states[deepest]`` stays the
     raw output it is in the whole model. Returns the number of layers kept.

@@ -1,4 +1,4 @@
-"""Pooling and the heads the three training stages put on the backbone (METHOD.md stages 0-2).
+"""Pooling and the heads the three training stages put on the backbone (stages 0-2, docs/method.md).
 
 Inputs are frame sequences ``(B, F, D)`` with a boolean ``valid`` mask
 ``(B, F)`` (True = a real frame, False = padding); every module here ignores

@@ -113,7 +113,7 @@ def span_mask(
 
 
 def lr_lambda(total_steps: int, warmup_fraction: float):  # noqa: ANN201
-    """Linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0 (METHOD.md)."""
+    """Linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0 (docs/method.md)."""
     warm = max(1, math.ceil(total_steps * warmup_fraction)) if warmup_fraction > 0 else 0
 
     def f(step: int) -> float:

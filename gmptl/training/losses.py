@@ -16,7 +16,7 @@ def am_softmax(
     margin: float,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Additive-margin softmax (METHOD.md stage 2), mean over the batch.
+    """Additive-margin softmax (stage 2, docs/method.md), mean over the batch.
 
     ``L = -log( e^{s(cos_y - m)} / (e^{s(cos_y - m)} + sum_{j != y} e^{s cos_j}) )``
 

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gmptl import paths, tracking
-from gmptl.config import STAGE_NAMES, Config, config_hash, save_config, to_dict
+from gmptl import paths, steps, tracking
+from gmptl.config import Config, config_hash, save_config, to_dict
 from gmptl.data.folds import Fold
 from gmptl.errors import GmptlError
 from gmptl.models.backbone import backbone_config, frame_geometry
@@ -43,7 +43,6 @@ from gmptl.training.worker import FAULT_ENV
 log = logging.getLogger(__name__)
 
 STANDARD_ORDER = ("neutral", "happy", "sad", "angry")
-STAGE_JSON = "stage.json"
 
 
 class TrainingError(GmptlError):
@@ -70,27 +69,27 @@ def _rows(df: pd.DataFrame, labels: list[str], sr: int) -> list[dict[str, Any]]:
 
 
 def _upstream(cfg: Config, fold: Fold, stage: str) -> tuple[str | None, str | None]:
-    """(init model folder, labels folder) this stage needs; errors name the command that makes them."""
-    s = getattr(cfg.stages, stage)
-    init = getattr(s, "init", "pretrained")
-    init_dir = None
-    if init != "pretrained":
-        up = paths.stage_dir(cfg, fold.index, init) / "best"
-        if not (up / BACKBONE_DIR / "config.json").is_file():
-            raise TrainingError(
-                f"stages.{stage}.init={init}: fold {fold.index} has no trained {init} model at {up}; run "
-                f"`gmptl train CONFIG --stage {init} --fold {fold.index}` first (or set stages.{stage}.init=pretrained)"
-            )
-        init_dir = str(up)
-    labels_dir = None
-    if stage == "gmp":
-        ld = paths.labels_dir(cfg, fold.index)
-        if not (ld / "labels.json").is_file():
-            raise TrainingError(
-                f"stage gmp: fold {fold.index} has no GMP frame labels at {ld}; run `gmptl label CONFIG` first"
-            )
-        labels_dir = str(ld)
+    """(init model folder, labels folder) this stage reads; an error names the command that makes what is missing."""
+    missing = steps.missing_inputs(cfg, stage, fold.index)
+    if missing:
+        step = steps.get(missing[0])
+        where = step.folder(cfg, fold.index)
+        make = (f"gmptl train CONFIG --stage {step.name} --fold {fold.index}" if step.kind == "train"
+                else f"gmptl run CONFIG --until {step.name}")  # fmt: skip
+        raise TrainingError(
+            f"stage {stage} (fold {fold.index}) reads the output of step {step.name}, which is not at {where}; "
+            f"run `{make}` first"
+            + (f" (or set stages.{stage}.init=pretrained)" if step.kind == "train" else "")
+        )
+    init = getattr(getattr(cfg.stages, stage), "init", "pretrained")
+    init_dir = None if init == "pretrained" else str(paths.stage_dir(cfg, fold.index, init) / "best")
+    labels_dir = str(paths.labels_dir(cfg, fold.index)) if "label" in steps.get(stage).needs(cfg) else None
     return init_dir, labels_dir
+
+
+def train_step(ctx: Any) -> dict[str, Any]:
+    """Pipeline step body of every training stage (``ctx.step`` names it): :func:`train_stage` on ``ctx.fold``."""
+    return train_stage(ctx.cfg, ctx.df, ctx.fold, ctx.step, parent=ctx.parent)
 
 
 def train_stage(
@@ -111,12 +110,12 @@ def train_stage(
     from gmptl.runtime import ensure_ray
     from gmptl.training.worker import train_loop_per_worker
 
-    if stage not in STAGE_NAMES:
-        raise TrainingError(f"--stage {stage!r}: expected one of {list(STAGE_NAMES)}")
+    if stage not in steps.train_stages():
+        raise TrainingError(f"--stage {stage!r}: expected one of {steps.train_stages()}")
     out = paths.stage_dir(cfg, fold.index, stage)
-    if (out / STAGE_JSON).is_file():
+    if (out / paths.STAGE_JSON).is_file():
         log.info("stage %s fold %d: finished before (%s)", stage, fold.index, out)
-        return json.loads((out / STAGE_JSON).read_text())
+        return json.loads((out / paths.STAGE_JSON).read_text())
     s = getattr(cfg.stages, stage)
     init_dir, labels_dir = _upstream(cfg, fold, stage)
     labels = class_names(df)
@@ -127,8 +126,7 @@ def train_stage(
             f"fold {fold.index} ({fold.name}) has {len(train_df)} training and {len(val_df)} validation utterances"
         )
     hop, rf = frame_geometry(backbone_config(cfg.model, Path(init_dir) / BACKBONE_DIR if init_dir else None))
-    key = out.parent.name
-    run_name = f"{stage}-fold{fold.index}-{key}"
+    run_name = paths.stage_run_name(cfg, fold.index, stage)
 
     uri = None
     run = None
@@ -201,7 +199,7 @@ def _best(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
 def _finish(cfg: Config, stage: str, fold: Fold, out: Path, result: Any, metric: str, mode: str,
             labels: list[str], job: dict[str, Any], run: tracking.Run | None, run_name: str) -> dict[str, Any]:  # fmt: skip
     """Export the best epoch as a model folder, draw the figures, write stage.json, log artifacts."""
-    from gmptl.evaluation.plots import confusion_png, curves_png
+    from gmptl.plots import confusion_png, curves_png
 
     ckpt, best = _best(result, metric, mode)
     last_state: dict[str, Any] = {}
@@ -253,10 +251,10 @@ def _finish(cfg: Config, stage: str, fold: Fold, out: Path, result: Any, metric:
         "mlflow_run_id": run.run_id if run else None,
     }
     save_config(cfg, out / "config.yaml")
-    (out / STAGE_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / paths.STAGE_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
     if run:
         run.log_artifact(out / "config.yaml")
-        run.log_artifact(out / STAGE_JSON)
+        run.log_artifact(out / paths.STAGE_JSON)
         for f in figures.values():
             run.log_artifact(f)
         run.log_artifact(out / "best", "best_model")

@@ -40,7 +40,7 @@ def _items(rows: list[dict[str, Any]]) -> list[tdata.Item]:
 def _frame_labels(job: dict[str, Any]) -> tdata.FrameLabels | None:
     if not job.get("labels_dir"):
         return None
-    from gmptl.clustering.pipeline import LabelStore
+    from gmptl.clustering.labels import LabelStore
 
     store = LabelStore(Path(job["labels_dir"]))
     ks = job["ks"]

@@ -51,18 +51,3 @@ def hold(cfg: Config, folders: list[Path]) -> Iterator[None]:
                 fcntl.lockf(fh, fcntl.LOCK_EX)
                 log.info("got %s after %.1f s", folder, time.monotonic() - t0)
         yield
-
-
-def step_folders(cfg: Config, fold: int, steps: set[str]) -> list[Path]:
-    """The cache folders of ``steps`` (names as in :data:`gmptl.tuning.space.STEPS`) for one fold."""
-    out: list[Path] = []
-    for step in sorted(steps):
-        if step in ("mtl", "gmp", "utterance"):
-            out.append(paths.stage_dir(cfg, fold, step))
-        elif step == "extract":
-            out.append(paths.features_dir(cfg, fold if cfg.features.source == "mtl" else None))
-        elif step == "cluster":
-            out.append(paths.clusters_dir(cfg, fold))
-        elif step == "label":
-            out.append(paths.labels_dir(cfg, fold))
-    return out

@@ -53,11 +53,11 @@ import ray.train
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from gmptl import paths, tracking
-from gmptl.config import Config, config_hash_of, load_config, save_config, to_dict
+from gmptl import paths, steps, tracking
+from gmptl.config import Config, absolutize, config_hash_of, load_config, save_config, to_dict
 from gmptl.errors import ConfigError, GmptlError
 from gmptl.tuning import locks
-from gmptl.tuning.space import SearchSpace, chain, load_space, plan
+from gmptl.tuning.space import SearchSpace, load_space, plan
 from gmptl.tuning.trials import OBJECTIVE, REPORTED, FoldMeans, derive_concurrency
 
 log = logging.getLogger(__name__)
@@ -77,20 +77,6 @@ class SearchOutputs:
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-def _absolute_sets(cfg: Config) -> list[str]:
-    """Overrides that make every local path absolute: a trial runs in its own working directory."""
-    out = [f"output_dir={json.dumps(str(paths.output_dir(cfg)))}"]
-    if cfg.data.root:
-        out.append(f"data.root={json.dumps(str(Path(cfg.data.root).expanduser().resolve()))}")
-    sp = cfg.runtime.storage_path
-    if sp and "://" not in sp:
-        out.append(f"runtime.storage_path={json.dumps(str(Path(sp).expanduser().resolve()))}")
-    uri = tracking.resolve_uri(cfg)
-    if uri.startswith("sqlite:///"):
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
-    return [*out, f"tracking.uri={json.dumps(uri)}"]
 
 
 def search_name(cfg: Config, space: SearchSpace) -> str:
@@ -193,16 +179,11 @@ def run_search(config: str | Path | None, space_file: str | Path, sets: list[str
 
     from gmptl.experiment import run_experiment
     from gmptl.runtime import ensure_ray
-    from gmptl.tuning.space import read_space_file
 
     user_sets = list(sets) + ([f"tune.num_samples={num_samples}"] if num_samples is not None else [])
-    doc, _ = read_space_file(space_file)
-    settings = doc.get("tune") or {}
-    pre = [f"tune.{k}={json.dumps(v)}" for k, v in settings.items()] if isinstance(settings, dict) else []
-    user_cfg = load_config(config, [*pre, *user_sets])
-    all_sets = [*user_sets, *_absolute_sets(user_cfg)]
-    space = load_space(space_file, config, all_sets)
-    cfg = load_config(config, [*space.tune_sets(), *all_sets])
+    # Trials run in their own working directories: every local path is made absolute first.
+    space = load_space(space_file, config, user_sets)
+    cfg = absolutize(space.base(config, user_sets))
     tc = cfg.tune
     stage_cfg = getattr(cfg.stages, tc.stage)
     if tc.grace_period > stage_cfg.epochs:
@@ -221,11 +202,10 @@ def run_search(config: str | Path | None, space_file: str | Path, sets: list[str
     driver_steps, trial_steps = plan(space, cfg)
     out = run_experiment(cfg, until="folds")
     folds = fold_indices(cfg, len(out.fold_rows))
-    for until in driver_steps:
-        if until != "folds":
-            log.info("search %s: computing %s for folds %s before the search (shared by every trial)",
-                     name, until, folds)  # fmt: skip
-            run_experiment(cfg, until=until, only_folds=folds)
+    if driver_steps != ["folds"]:
+        log.info("search %s: computing %s for folds %s before the search (shared by every trial)",
+                 name, driver_steps, folds)  # fmt: skip
+        run_experiment(cfg, until=driver_steps, only_folds=folds)
 
     uri = parent = None
     if cfg.tracking.enabled:
@@ -288,9 +268,7 @@ def run_search(config: str | Path | None, space_file: str | Path, sets: list[str
                 "max_concurrent": concurrency}  # fmt: skip
     best_yaml = None
     if summary["best"] is not None:
-        best = load_config(
-            config, [*space.tune_sets(), *user_sets, *space.overrides(summary["best"]["params"])]
-        )
+        best = space.apply(space.base(config, user_sets), summary["best"]["params"], "best trial")
         best_yaml = save_config(best, folder / "best.yaml")
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     png = parallel_coordinates_png(summary, space, folder / "parallel_coordinates.png")
@@ -337,7 +315,7 @@ def summarize(
         else:
             status = "unfinished"
         params = space.decode(r.config)
-        epochs = getattr(load_config(base_yaml, space.overrides(r.config)).stages, tc.stage).epochs
+        epochs = getattr(space.apply(cfg, r.config).stages, tc.stage).epochs
         last = hist[-1] if hist else {}
         run = sum(int(last.get(f"epoch_fold{f}", last.get("epoch", 0))) for f in folds)
         best = better(hist, key=lambda h: h[OBJECTIVE]) if hist else None
@@ -378,11 +356,6 @@ def summarize(
     }
 
 
-def _stage_run_key(cfg: Config, fold: int, stage: str) -> str:
-    # The key gmptl.training.pipeline.train_stage gives a stage's MLflow run.
-    return f"{stage}-fold{fold}-{paths.stage_dir(cfg, fold, stage).parent.name}"
-
-
 def _close_runs(cfg: Config, space: SearchSpace, summary: dict[str, Any], folds: list[int],
                 parent: tracking.Run) -> None:  # fmt: skip
     """Final status of each trial's run (and of the stage runs a stopped trial left RUNNING)."""
@@ -399,11 +372,10 @@ def _close_runs(cfg: Config, space: SearchSpace, summary: dict[str, Any], folds:
             continue
         # A stopped trial's actor (and with it its Ray Train runs) was ended mid-run: its stage runs
         # cannot close themselves. Every fold had reported, so each has its run.
-        tcfg = load_config(paths.output_dir(cfg) / "tune" / summary["name"] / "base.yaml",
-                           space.overrides(t["params"]))  # fmt: skip
+        tcfg = space.apply(cfg, t["params"])
         for f in folds:
-            if not (paths.stage_dir(tcfg, f, cfg.tune.stage) / "stage.json").is_file():
-                key = _stage_run_key(tcfg, f, cfg.tune.stage)
+            if not steps.get(cfg.tune.stage).done(tcfg, f):
+                key = paths.stage_run_name(tcfg, f, cfg.tune.stage)
                 tracking.Run.open(
                     cfg.tracking, uri, run_key=key, run_name=f"{cfg.tune.stage} fold{f}"
                 ).finish("KILLED")
@@ -423,9 +395,9 @@ def _trial_tags(search: str, trial_id: str) -> dict[str, str]:
 
 def parallel_coordinates_png(summary: dict[str, Any], space: SearchSpace, path: Path) -> Path:
     """One line per trial across the searched params and the score; dashed = stopped by ASHA."""
-    from gmptl.evaluation.plots import _plt, _save
+    from gmptl.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     trials = [t for t in summary["trials"] if t[OBJECTIVE] is not None]
     cols = [*space.keys, OBJECTIVE]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(cols)), 4.2))
@@ -468,7 +440,7 @@ def parallel_coordinates_png(summary: dict[str, Any], space: SearchSpace, path: 
     ax.set_title(f"{summary.get('name', '')}: {summary['objective']} ({summary['mode']}); dashed = stopped by ASHA",
                  fontsize=8)  # fmt: skip
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- trial (runs in a Tune actor)
@@ -497,11 +469,11 @@ def _trial(params: dict[str, Any], job: dict[str, Any]) -> None:
 
     from gmptl.data.folds import make_folds
     from gmptl.data.manifest import read_manifest
-    from gmptl.experiment import run_experiment
+    from gmptl.experiment import run_experiment, select_folds
     from gmptl.training.pipeline import train_stage
 
     space: SearchSpace = job["space"]
-    cfg = load_config(job["base_yaml"], space.overrides(params))
+    cfg = space.apply(load_config(job["base_yaml"]), params, f"trial of {job['search']}")
     stage, folds, name = cfg.tune.stage, job["folds"], job["search"]
     trial_id = tune.get_context().get_trial_id()
     run = None
@@ -511,12 +483,11 @@ def _trial(params: dict[str, Any], job: dict[str, Any]) -> None:
                                 run_name=f"trial {trial_id}", params=_trial_params(space.decode(params), trial_id, folds),
                                 tags=_trial_tags(name, trial_id), parent=tracking.Run(uri, job["mlflow"]["parent"]))  # fmt: skip
     if job["trial_steps"]:  # the space changes steps before the stage: this trial computes its own
-        upstream = chain(cfg, stage) - {stage, "model"}
-        with locks.hold(cfg, [d for f in folds for d in locks.step_folders(cfg, f, upstream)]):
-            for until in job["trial_steps"]:
-                run_experiment(cfg, until=until, only_folds=folds)
-    df = read_manifest(paths.manifest_path(cfg))
-    by_index = {f.index: f for f in make_folds(df, cfg.folds)}
+        upstream = steps.upstream(cfg, stage)
+        with locks.hold(cfg, [d for f in folds for d in steps.folders(cfg, f, upstream)]):
+            run_experiment(cfg, until=job["trial_steps"], only_folds=folds)
+    df = read_manifest(paths.manifest_path(cfg))  # the driver prepared it (and checked the folds)
+    by_index = {f.index: f for f in select_folds(make_folds(df, cfg.folds), folds)}
     queue = Queue(actor_options={"num_cpus": 0})
     results: dict[int, Any] = {}
 

@@ -12,14 +12,14 @@ Input: a file such as ``tune_spaces/utterance.yaml``::
       clustering.k: {grid: [[16, 64, 128], [64, 128]]}
 
 Output: a :class:`SearchSpace` whose every key is a config key and whose every bound
-and choice passed the config's own validation (through :func:`gmptl.config.load_config`),
+and choice passed the config's own validation (through :func:`gmptl.config.derive`),
 so a sampled value can only fail on a rule that spans two searched keys. A trial's
-config is the base config plus the sampled values applied as ``--set`` overrides:
+config is the base config with the sampled values set (:meth:`SearchSpace.apply`):
 every trial holds a real, validated :class:`~gmptl.config.Config`, and the best one
 is written as a YAML that ``gmptl run`` reads.
 
-Also here (pure config logic): which pipeline steps a stage depends on, and which of
-them a search can compute once before it starts (:func:`plan`).
+Also here (pure config logic, read off :mod:`gmptl.steps`): which pipeline steps a
+search can compute once before it starts, and which each trial computes (:func:`plan`).
 """
 
 from __future__ import annotations
@@ -33,17 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from gmptl.config import Config, _Loader, iter_keys, load_config
+from gmptl import steps
+from gmptl.config import Config, derive, iter_keys, load_config, read_yaml
 from gmptl.errors import ConfigError
 
 KINDS = ("loguniform", "uniform", "choice", "grid")
 # Sections a search may not touch: data and folds define what the validation metric is measured on
 # (trials would not be comparable); the others do not change what a trial learns.
 FROZEN_PREFIXES = ("data.", "folds.", "tune.", "tracking.", "runtime.", "output_dir")
-# Pipeline steps up to the last training stage, in order (gmptl.experiment.STEPS without evaluate).
-STEPS = ("folds", "mtl", "extract", "cluster", "label", "gmp", "utterance")
 
 
 class SpaceError(ConfigError):
@@ -119,17 +117,21 @@ class SearchSpace:
     def param(self, key: str) -> Param:
         return next(p for p in self.params if p.key == key)
 
-    def tune_sets(self) -> list[str]:
-        """The file's ``tune:`` settings as ``--set`` overrides."""
-        return [f"tune.{k}={json.dumps(v)}" for k, v in self.tune_settings.items()]
+    def tune_updates(self) -> dict[str, Any]:
+        """The file's ``tune:`` settings as dotted config keys (applied after the config file, before --set)."""
+        return {f"tune.{k}": v for k, v in self.tune_settings.items()}
+
+    def base(self, config: str | Path | None, sets: list[str] | tuple[str, ...] = ()) -> Config:
+        """The config every trial starts from: the file, then the space's ``tune:`` settings, then ``--set``."""
+        return load_config(config, sets, updates=self.tune_updates())
+
+    def apply(self, cfg: Config, values: dict[str, Any], source: str = "search point") -> Config:
+        """``cfg`` with a point's values (as a searcher returns them) set: a trial's config."""
+        return derive(cfg, self.decode(values), source)
 
     def decode(self, values: dict[str, Any]) -> dict[str, Any]:
         """Searcher values (JSON text for list choices) -> config values, for the searched keys only."""
         return {p.key: p.decode(values[p.key]) for p in self.params if p.key in values}
-
-    def overrides(self, values: dict[str, Any]) -> list[str]:
-        """``key=value`` strings for :func:`gmptl.config.load_config` (values as JSON, which is YAML)."""
-        return [f"{k}={json.dumps(v)}" for k, v in self.decode(values).items()]
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
         """One random point (grid params drawn like choices)."""
@@ -188,7 +190,7 @@ def _parse_param(where: str, key: Any, spec: Any, leaves: set[str]) -> Param:
     return Param(key, kind, values=tuple(arg))
 
 
-def _check_against_config(path: Path, p: Param, config: str | Path | None, sets: list[str]) -> None:
+def _check_against_config(path: Path, p: Param, base: Config) -> None:
     """Every bound, an interior point and every choice must pass the config's own validation."""
     if p.kind == "loguniform":
         probes = [p.low, p.high, math.sqrt(p.low * p.high)]
@@ -198,9 +200,9 @@ def _check_against_config(path: Path, p: Param, config: str | Path | None, sets:
         probes = list(p.values)
     for v in probes:
         try:
-            load_config(config, [*sets, f"{p.key}={json.dumps(v)}"])
+            derive(base, {p.key: v})
         except ConfigError as e:
-            detail = str(e).replace("invalid config:\n  ", "").replace("--set: ", "")
+            detail = str(e).replace("invalid config:\n  ", "").replace("derived config: ", "")
             hint = " (a range samples floats: use `choice` for an integer key)" if "integer" in detail and p.kind in ("uniform", "loguniform") else ""  # fmt: skip
             raise SpaceError(
                 f"{path}: params: {p.key}: {p.kind} value {v!r} is not valid: {detail}{hint}"
@@ -213,9 +215,9 @@ def read_space_file(path: str | Path) -> tuple[dict[str, Any], Path]:
     if not p.is_file():
         raise SpaceError(f"search space {p} does not exist (see tune_spaces/README.md)")
     try:
-        doc = yaml.load(p.read_text(), Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{p}: not valid YAML: {e}") from None
+        doc = read_yaml(p, "search space")
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
     if not isinstance(doc, dict):
         raise SpaceError(f"{p}: the top level must be a mapping with `params:`")
     unknown = sorted(set(doc) - {"params", "tune", "description"})
@@ -244,29 +246,28 @@ def load_space(path: str | Path, config: str | Path | None = None, sets: list[st
     leaves = _leaf_keys()
     params = tuple(_parse_param(f"{p}: params", k, v, leaves) for k, v in params_doc.items())
     space = SearchSpace(p, params, dict(settings), str(doc.get("description") or ""))
-    base_sets = [*space.tune_sets(), *sets]
     try:
-        base = load_config(config, base_sets)
+        base = space.base(config, sets)
     except ConfigError as e:
         raise SpaceError(f"{p}: with its tune: settings the config is invalid: {e}") from None
     for prm in params:
-        _check_against_config(p, prm, config, base_sets)
+        _check_against_config(p, prm, base)
     grid = [prm.key for prm in params if prm.kind == "grid"]
     if grid and base.tune.searcher != "random":
         raise SpaceError(
             f"{p}: params: {grid[0]}: `grid` needs tune.searcher=random (a model-based searcher picks its own "
             f"points; tune.searcher is {base.tune.searcher}): use `choice`, or --set tune.searcher=random"
         )
-    needed = chain(base, base.tune.stage)
+    needed = steps.needed(base, base.tune.stage)
     for prm in params:
-        if step_of(prm.key) not in needed and not prm.key.endswith(".init"):
+        if steps.step_of(prm.key, needed) is None and not prm.key.endswith(".init"):
             raise SpaceError(
                 f"{p}: params: {prm.key} does not change stage {base.tune.stage} (tune.stage), which every "
                 f"trial trains; with this config that stage depends on {sorted(needed)}"
             )
     point = space.sample(np.random.default_rng(0))  # rules that span two searched keys
     try:
-        load_config(config, [*base_sets, *space.overrides(point)])
+        space.apply(base, point)
     except ConfigError as e:
         raise SpaceError(f"{p}: a sampled point {point} is not a valid config: {e}") from None
     return space
@@ -275,53 +276,17 @@ def load_space(path: str | Path, config: str | Path | None = None, sets: list[st
 # ----------------------------------------------------------------------------- pipeline plan
 
 
-def step_of(key: str) -> str:
-    """The pipeline step a config key changes first (``model`` changes every step)."""
-    top, _, rest = key.partition(".")
-    if top == "stages":
-        return rest.split(".")[0]
-    return {"model": "model", "features": "extract", "clustering": "cluster"}.get(top, top)
-
-
-def chain(cfg: Config, stage: str) -> set[str]:
-    """Steps whose outputs ``stage`` uses (itself and ``model`` included), for this config."""
-    out = {stage, "model"}
-    if stage == "gmp":
-        out |= {"extract", "cluster", "label"}
-        if cfg.features.source == "mtl" or cfg.stages.gmp.init == "mtl":
-            out |= chain(cfg, "mtl")
-    elif stage == "utterance" and cfg.stages.utterance.init != "pretrained":
-        out |= chain(cfg, cfg.stages.utterance.init)
-    return out
-
-
-def upstream_untils(cfg: Config, stage: str) -> list[str]:
-    """``run_experiment(until=...)`` calls that make every input of ``stage`` (the stage itself not run)."""
-    if stage == "mtl":
-        return ["folds"]
-    if stage == "gmp":
-        return ["label", "mtl"] if cfg.stages.gmp.init == "mtl" else ["label"]
-    init = cfg.stages.utterance.init
-    return {"gmp": ["gmp"], "mtl": ["mtl"], "pretrained": ["folds"]}[init]
-
-
 def plan(space: SearchSpace, cfg: Config) -> tuple[list[str], list[str]]:
-    """(steps the driver computes once before the search, steps each trial computes itself).
+    """(steps the driver computes once before the search, steps each trial computes itself), as targets
+    for :func:`gmptl.experiment.run_experiment`.
 
-    When the space only touches the searched stage every trial shares all of its inputs: the
-    driver computes them and trials only train. Otherwise the driver computes what comes before
-    the first searched step and each trial runs its own upstream (under cache locks).
+    The searched stage reads the outputs of its upstream steps (:func:`gmptl.steps.upstream`). Those
+    that no searched key changes, directly or through a step they read, are the same for every trial:
+    the driver computes them. The others each trial computes itself (under cache locks).
     """
     stage = cfg.tune.stage
-    ups = upstream_untils(cfg, stage)
-    touched = {step_of(k) for k in space.keys}
-    if touched <= {stage}:
-        return ups, []
-    first = min(1 if t == "model" else STEPS.index(t) for t in touched)
-    before = STEPS[first - 1]
-    driver: list[str] = []
-    for u in ["folds", *ups]:
-        step = min(u, before, key=STEPS.index)
-        if step not in driver:
-            driver.append(step)
-    return driver, ups
+    ups = steps.upstream(cfg, stage)
+    touched = {steps.step_of(k, [*ups, stage]) for k in space.keys} - {None}
+    changed = {u for u in ups if touched & set(steps.needed(cfg, u))}
+    shared = [u for u in ups if u not in changed]
+    return steps.frontier(cfg, shared), steps.frontier(cfg, ups) if changed else []

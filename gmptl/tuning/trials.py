@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
 
+from gmptl import steps
 from gmptl.config import Config
-from gmptl.tuning.space import chain
+from gmptl.runtime import how_many_fit, stage_demand
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,9 @@ def trial_demand(cfg: Config, n_folds: int, trial_steps: bool) -> tuple[float, f
     """(CPUs, GPUs) one trial's Ray Train runs hold at once: its folds in parallel x the stage's workers."""
     stages = [cfg.tune.stage]
     if trial_steps:  # the trial may also train the stages before it
-        stages = sorted(s for s in chain(cfg, cfg.tune.stage) if s in ("mtl", "gmp", "utterance"))
-    cpu = max(getattr(cfg.stages, s).num_workers * getattr(cfg.stages, s).num_cpus_per_worker for s in stages)
-    gpu = max((getattr(cfg.stages, s).num_workers if getattr(cfg.stages, s).use_gpu else 0) for s in stages)
-    return n_folds * cpu + cfg.tune.trial_cpus, float(n_folds * gpu)
+        stages = [s for s in steps.needed(cfg, cfg.tune.stage) if s in steps.train_stages()]
+    cpu, gpu = stage_demand(cfg, stages)
+    return n_folds * cpu + cfg.tune.trial_cpus, n_folds * gpu
 
 
 def derive_concurrency(
@@ -41,9 +40,7 @@ def derive_concurrency(
     if cfg.tune.max_concurrent is not None:
         return cfg.tune.max_concurrent
     cpu, gpu = trial_demand(cfg, n_folds, trial_steps)
-    fits = math.floor(resources.get("CPU", 0.0) / cpu + 1e-9)
-    if gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0.0) / gpu + 1e-9))
+    fits = how_many_fit(resources, cpu, gpu)
     if fits < 1:
         log.warning(
             "one trial needs %.2f CPUs and %.0f GPUs (%d folds in parallel) but the cluster has %s: its folds "

@@ -3,7 +3,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One small local Ray for every integration test (ENVIRONMENT.md: ~2.5 s to start)."""
+    """One small local Ray for every integration test (a few seconds to start)."""
     import ray
 
     from gmptl.runtime import bind_embedded_ray_to_loopback

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from gmptl.clustering import kmeans
-from gmptl.clustering.pipeline import LabelStore, assign_labels, fit_codebooks
+from gmptl.clustering.labels import LabelStore
+from gmptl.clustering.pipeline import assign_labels, fit_codebooks
 from gmptl.config import SynthConfig, load_config
 from gmptl.data.folds import make_folds
 from gmptl.data.manifest import read_manifest

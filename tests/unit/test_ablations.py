@@ -6,28 +6,36 @@ from types import SimpleNamespace
 import pytest
 
 from gmptl import ablations, experiment
-from gmptl.config import load_config
+from gmptl.config import derive, load_config
 from gmptl.errors import ConfigError
 
 
 def test_demo_ablations_all_validate():
-    abl = ablations.load_ablations("jobs/demo.ablations.yaml", "jobs/demo.yaml", [])
+    base = load_config("jobs/demo.yaml")
+    abl = ablations.load_ablations("jobs/demo.ablations.yaml", base)
     assert set(abl) == {"no_gender", "single_k", "last_layer", "no_stage1", "cross_entropy", "plain_finetune"}
-    cfg = load_config("jobs/demo.yaml", abl["no_gender"])
-    assert cfg.stages.mtl.alpha == 1.0
-    assert load_config("jobs/demo.yaml", abl["single_k"]).clustering.k == [64]
+    assert derive(base, abl["no_gender"]).stages.mtl.alpha == 1.0
+    assert derive(base, abl["single_k"]).clustering.k == [64]
+
+
+def test_ablation_values_read_as_yaml_1_2(tmp_path):
+    # `1e-4` is a float in YAML 1.2 (and in every gmptl file), not the string YAML 1.1 makes of it.
+    f = tmp_path / "a.yaml"
+    f.write_text("slow: {stages.utterance.lr: 1e-4}\n")
+    abl = ablations.load_ablations(f, load_config("jobs/demo.yaml"))
+    assert derive(load_config("jobs/demo.yaml"), abl["slow"]).stages.utterance.lr == 1e-4
 
 
 def test_bad_ablation_names_file_ablation_and_key(tmp_path):
     f = tmp_path / "a.yaml"
     f.write_text("oops: {stages.utterance.marginn: 0.1}\n")
     with pytest.raises(ConfigError, match=r"(?s)a\.yaml: ablation 'oops'.*marginn"):
-        ablations.load_ablations(f, "jobs/demo.yaml", [])
+        ablations.load_ablations(f, load_config("jobs/demo.yaml"))
     f.write_text("full: {stages.utterance.margin: 0.1}\n")
     with pytest.raises(ConfigError, match="`full` names the unablated run"):
-        ablations.load_ablations(f, "jobs/demo.yaml", [])
+        ablations.load_ablations(f, load_config("jobs/demo.yaml"))
     with pytest.raises(ConfigError, match="no ablations file"):
-        ablations.load_ablations(tmp_path / "missing.yaml", "jobs/demo.yaml", [])
+        ablations.load_ablations(tmp_path / "missing.yaml", load_config("jobs/demo.yaml"))
 
 
 def test_run_ablations_table(tmp_path, monkeypatch):

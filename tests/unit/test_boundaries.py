@@ -1,4 +1,4 @@
-"""Pure modules never import the distributed runtime or the tracker (STYLE.md section 1)."""
+"""Pure modules never import the distributed runtime or the tracker (the layout rule: pure math and data code runs without a cluster)."""
 
 import subprocess
 import sys
@@ -16,6 +16,7 @@ PURE = [
     "gmptl.tuning.space",
     "gmptl.tuning.trials",
     "gmptl.tuning.locks",
+    "gmptl.steps",
 ]
 
 
@@ -54,7 +55,8 @@ TORCH_PURE = [
     "gmptl.inference.predict",
     "gmptl.inference.export",
     "gmptl.ablations",
-    "gmptl.evaluation.plots",
+    "gmptl.plots",
+    "gmptl.clustering.labels",
 ]
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from gmptl.config import Config, config_hash, iter_keys, load_config, save_config
+from gmptl.config import Config, config_hash, load_config, save_config
 from gmptl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,9 +97,3 @@ def test_saved_config_round_trips_and_hash_tracks_changes(tmp_path):
     again = load_config(save_config(cfg, tmp_path / "resolved.yaml"))
     assert again == cfg and config_hash(again) == config_hash(cfg)
     assert config_hash(load_config(None, ["data.synth.seed=1"]).data) != config_hash(Config().data)
-
-
-def test_readme_documents_every_config_key():
-    readme = (REPO / "README.md").read_text()
-    missing = [key for key, *_ in iter_keys() if f"`{key}`" not in readme]
-    assert not missing, f"README.md lacks config keys {missing}; paste `gmptl config --keys` into it"

@@ -21,7 +21,7 @@ def test_job_loads(job):
     assert cfg.output_dir.startswith("out/")
     abl = ablations_path_for(job)
     if abl.is_file():
-        assert load_ablations(abl, job, _sets(job))
+        assert load_ablations(abl, cfg)
 
 
 def test_expected_jobs_exist():

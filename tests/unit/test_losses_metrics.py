@@ -10,7 +10,7 @@ from gmptl.training import losses, metrics
 
 
 def _am_softmax_numpy(cos: np.ndarray, y: np.ndarray, s: float, m: float) -> float:
-    # METHOD.md: L = -log( e^{s(cos_y - m)} / (e^{s(cos_y - m)} + sum_{j != y} e^{s cos_j}) ), batch mean
+    # AM-Softmax: L = -log( e^{s(cos_y - m)} / (e^{s(cos_y - m)} + sum_{j != y} e^{s cos_j}) ), batch mean
     out = []
     for c, t in zip(cos, y, strict=True):
         num = np.exp(s * (c[t] - m))

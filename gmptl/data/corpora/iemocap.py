@@ -28,7 +28,7 @@ from gmptl.data.manifest import BadItem, Utterance
 NATIVE_LABELS = ("neu", "hap", "exc", "sad", "ang", "fru", "sur", "fea", "dis", "oth", "xxx")
 DEFAULT_MAP = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}
 
-# The standard 4-class subset (exc merged into happy) of the full release (METHOD.md).
+# The standard 4-class subset (exc merged into happy) of the full release (docs/corpora.md).
 REFERENCE_TOTAL = 5531
 REFERENCE_PER_CLASS = {"neutral": 1708, "happy": 1636, "angry": 1103, "sad": 1084}
 REFERENCE_PER_SESSION = {
@@ -164,7 +164,7 @@ def load_iemocap(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult
 
 
 def compare_to_reference(records: list[Utterance]) -> list[str]:
-    """On a full release with the standard map, say how the counts differ from METHOD.md's."""
+    """On a full release with the standard map, say how the counts differ from the published ones (docs/corpora.md)."""
     per_class: dict[str, int] = {}
     per_session: dict[str, int] = {}
     for r in records:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 
-def _plt():  # noqa: ANN202
+def pyplot():  # noqa: ANN202
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +17,7 @@ def _plt():  # noqa: ANN202
     return plt
 
 
-def _save(plt, fig, path: str | Path) -> Path:  # noqa: ANN001
+def save_figure(plt, fig, path: str | Path) -> Path:  # noqa: ANN001
     """Write ``fig`` as a PNG (creating the folder) and free it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,7 +28,7 @@ def _save(plt, fig, path: str | Path) -> Path:  # noqa: ANN001
 
 def confusion_png(cm: np.ndarray, labels: list[str], path: str | Path, title: str = "") -> Path:
     """Counts with row-normalised colour (recall per true class)."""
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(cm)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
@@ -44,12 +44,12 @@ def confusion_png(cm: np.ndarray, labels: list[str], path: str | Path, title: st
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def curves_png(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Train/validation loss and, where present, validation WAR/UAR per epoch."""
-    plt = _plt()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     for key in ("train_loss", "val_loss"):
@@ -68,12 +68,12 @@ def curves_png(history: list[dict[str, Any]], path: str | Path, title: str = "")
     b.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def fold_bars_png(report: dict[str, Any], path: str | Path) -> Path:
     """Per-fold WAR and UAR bars with the means as lines and chance as a dotted line."""
-    plt = _plt()
+    plt = pyplot()
     folds = report["folds"]
     x = np.arange(len(folds))
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(folds) + 2), 3.2))
@@ -85,13 +85,13 @@ def fold_bars_png(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def stage_curves_png(runs: list[tuple[str, list[dict[str, Any]]]], metric: str, path: str | Path,
                      title: str = "") -> Path:  # fmt: skip
     """One stage across folds: training loss and the selection metric per epoch, one line per fold."""
-    plt = _plt()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     for name, history in runs:
         epochs = [h["epoch"] for h in history]
@@ -106,7 +106,7 @@ def stage_curves_png(runs: list[tuple[str, list[dict[str, Any]]]], metric: str, 
     b.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def cluster_usage_png(counts: dict[int, list[np.ndarray]], path: str | Path, title: str = "") -> Path:
@@ -115,7 +115,7 @@ def cluster_usage_png(counts: dict[int, list[np.ndarray]], path: str | Path, tit
     A flat curve is balanced usage; a steep drop or an early end means a few clusters take most
     frames or some are empty.
     """
-    plt = _plt()
+    plt = pyplot()
     ks = sorted(counts)
     fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks), 3.0), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
@@ -131,7 +131,7 @@ def cluster_usage_png(counts: dict[int, list[np.ndarray]], path: str | Path, tit
     axes[0][0].set_ylabel("share of frames")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def frame_track_png(
@@ -147,7 +147,7 @@ def frame_track_png(
     """The timeline of ``gmptl predict``: the waveform, the frame-level emotion track drawn under it
     (segments {start_s, end_s, emotion}, one colour per label) and, if given, the per-frame class
     probabilities (n_frames, C) on the same time axis (frame i at ``i * frame_hop_s``)."""
-    plt = _plt()
+    plt = pyplot()
     wave = np.asarray(wave, dtype=np.float32)
     duration_s = len(wave) / sample_rate_hz
     colours = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(labels)}
@@ -184,4 +184,4 @@ def frame_track_png(
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(0, duration_s)
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)

@@ -1,0 +1,106 @@
+"""Pipeline step ``evaluate`` and the run report: the test speakers scored once, then the cross-validation
+report with its figures.
+
+Inputs: a fold's stage-2 model folder (``paths.stage_dir(..., "utterance") / "best"``) and the manifest.
+Outputs: ``paths.test_dir``: ``test.json`` (written last) and ``predictions.parquet``; the run report
+(``paths.run_dir``): ``report.json``, ``report.md``, the figures and the resolved ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gmptl import paths
+from gmptl.config import Config, config_hash, save_config
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_step(ctx: Any) -> dict[str, Any]:
+    """The fold's stage-2 model on its test speakers (touched once, here): a Ray task, on a GPU if training used one."""
+    import ray
+
+    from gmptl.evaluation.evaluate import evaluate_model
+    from gmptl.evaluation.report import fold_entry
+    from gmptl.runtime import ensure_ray
+    from gmptl.training.pipeline import class_names, items_of
+
+    cfg, df, fold = ctx.cfg, ctx.df, ctx.fold
+    out = paths.test_dir(cfg, fold.index)
+    if (out / paths.TEST_JSON).is_file():
+        return json.loads((out / paths.TEST_JSON).read_text())
+    s = cfg.stages.utterance
+    test = fold.select(df, "test")
+    labels = class_names(df)
+    ensure_ray(cfg.runtime)
+    # The resources of one training worker, so an evaluation fits beside the folds still training.
+    task = ray.remote(evaluate_model).options(num_cpus=s.num_cpus_per_worker, num_gpus=1 if s.use_gpu else 0)
+    ev = ray.get(
+        task.remote(
+            str(paths.stage_dir(cfg, fold.index, "utterance") / "best"),
+            items_of(test, labels, cfg.data.sample_rate_hz),
+            cfg.data.sample_rate_hz,
+            s.eval_batch_max_audio_s,
+            "cuda" if s.use_gpu else "cpu",
+        )
+    )
+    if ev.labels != labels:
+        raise ValueError(
+            f"fold {fold.index}: the model's classes {ev.labels} differ from the manifest's {labels}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {"utt_id": ev.utt_ids, "true": [labels[i] for i in ev.true], "pred": [labels[i] for i in ev.pred]}
+        | {f"p_{lab}": ev.probabilities[:, j] for j, lab in enumerate(labels)}
+    ).to_parquet(out / "predictions.parquet", index=False)
+    entry = fold_entry(fold.index, s.seed, list(fold.test_speakers), ev.confusion)
+    (out / paths.TEST_JSON).write_text(json.dumps(entry, indent=2) + "\n")
+    log.info(
+        "fold %d test: WAR %.3f UAR %.3f (n=%d)", fold.index, entry["war"], entry["uar"], entry["n_test"]
+    )
+    return entry
+
+
+def write_run_report(
+    cfg: Config,
+    labels: list[str],
+    entries: list[dict[str, Any]],
+    trained: dict[str, list[dict[str, Any]]] | None = None,
+    label_reports: list[dict[str, Any]] | None = None,
+    tracks: list[str] | None = None,
+) -> dict[str, Any]:
+    """report.json / report.md and the figures in ``paths.run_dir``.
+
+    Figures: the summed test confusion matrix, per-fold WAR/UAR, each stage's training curves
+    across folds (``trained``: stage -> stage.json per fold) and the GMP cluster usage per K on
+    the training speakers (``label_reports``: labels.json per fold).
+    """
+    from gmptl.evaluation.report import build_report, write_report
+    from gmptl.plots import cluster_usage_png, confusion_png, fold_bars_png, stage_curves_png
+
+    report = build_report(labels, entries, config_hash(cfg))
+    folder = paths.run_dir(cfg)
+    confusion_png(np.asarray(report["confusion_sum"]), labels, folder / "confusion_sum.png",
+                  "test speakers, summed over folds")  # fmt: skip
+    fold_bars_png(report, folder / "folds_war_uar.png")
+    figures = ["![confusion](confusion_sum.png)", "![folds](folds_war_uar.png)"]
+    for stage, manifests in (trained or {}).items():
+        runs = [(f"fold {m['fold']}", m["history"]) for m in manifests if m.get("history")]
+        if runs:
+            metric = manifests[0]["selection"]["metric"]
+            stage_curves_png(runs, metric, folder / f"curves_{stage}.png", f"stage {stage}: training curves")
+            figures.append(f"![{stage}](curves_{stage}.png)")
+    usage = {int(k): [np.asarray(r["counts"][str(k)]["train"]) for r in label_reports or [] if "counts" in r]
+             for k in cfg.clustering.k}  # fmt: skip
+    if label_reports and all(len(v) == len(label_reports) for v in usage.values()):
+        cluster_usage_png(usage, folder / "cluster_usage.png", "GMP cluster usage, training speakers")
+        figures.append("![cluster usage](cluster_usage.png)")
+    figures += [f"![{t}]({t})" for t in tracks or []]
+    write_report(report, folder, "\n" + "\n\n".join(figures) + "\n")
+    save_config(cfg, folder / "config.yaml")
+    return report
