@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gmptl import paths
+from gmptl import files, paths
 from gmptl.config import Config, config_hash, derive, load_config, read_yaml
 from gmptl.errors import ConfigError
 
@@ -103,7 +103,7 @@ def run_ablations(config_file: str, sets: list[str], ablations_file: str | None 
     folder = paths.output_dir(base) / "ablations" / config_hash(base)
     folder.mkdir(parents=True, exist_ok=True)
     text = table(rows)
-    (folder / "ablations.json").write_text(json.dumps(rows, indent=2) + "\n")
+    files.write_json(folder / "ablations.json", rows)
     (folder / "ablations.md").write_text(
         f"# Ablations of `{config_file}` ({config_hash(base)})\n\nMean ± std over folds"
         f"{' and seeds' if base.seeds else ''} on the test speakers.\n\n{text}\n"

@@ -32,8 +32,9 @@ CORPUS_NAMES: tuple[str, ...] = typing.get_args(CorpusName)
 
 
 class _Section(BaseModel):
-    # strict: "5" is not an int and 1 is not a bool; extra="forbid": a typo is an error.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # strict: "5" is not an int and 1 is not a bool; extra="forbid": a typo is an error; no float key
+    # accepts .inf or .nan (a learning rate or crop length of inf passes every bound and ruins a run).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SynthConfig(_Section):
@@ -548,6 +549,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(
+                f"seeds={self.seeds} lists a seed twice: two identical jobs would train into the same folders; "
+                "list each seed once"
+            )
         if self.clustering.layer is not None and self.clustering.layer not in self.features.layers:
             raise ValueError(
                 f"clustering.layer={self.clustering.layer} is not among features.layers={self.features.layers}"
@@ -772,12 +778,13 @@ def absolutize(cfg: Config) -> Config:
     return derive(cfg, updates, "absolute paths")
 
 
-def relative_paths(cfg: Config) -> dict[str, str]:
-    """The path keys whose local path is relative (``~`` counts as absolute): key -> value."""
+def non_absolute_paths(cfg: Config) -> dict[str, str]:
+    """The path keys whose local path is not absolute, key -> value. ``~`` counts as not absolute: on a
+    cluster it names the home folder of the user the job runs as, which is not this one."""
     out = {}
     for key in PATH_KEYS:
         split = local_path(key, get_key(cfg, key))
-        if split is not None and not Path(split[1]).expanduser().is_absolute():
+        if split is not None and not Path(split[1]).is_absolute():
             out[key] = get_key(cfg, key)
     return out
 

@@ -70,8 +70,9 @@ def select_folds(folds: list[Fold], only: list[int] | None) -> list[Fold]:
     return [f for f in folds if f.index in set(only)]
 
 
-def _parent_run(cfg: Config):  # noqa: ANN202
-    """The experiment's MLflow parent run (continued on a rerun); each fold's stage runs are its children."""
+def _parent_run(cfg: Config, prep: Prepared):  # noqa: ANN202
+    """The experiment's MLflow parent run (continued on a rerun), named after the job (tracking.experiment)
+    and the config hash; each fold's stage runs are its children."""
     if not cfg.tracking.enabled:
         return None
     from gmptl import tracking
@@ -79,8 +80,10 @@ def _parent_run(cfg: Config):  # noqa: ANN202
     uri = tracking.resolve_uri(cfg)
     tracking.check_reachable(uri)
     h = config_hash(cfg)
-    return tracking.Run.open(cfg.tracking, uri, run_key=f"experiment-{h}", run_name=f"experiment {h}",
-                             params=to_dict(cfg), tags={"gmptl.config_hash": h})  # fmt: skip
+    run = tracking.Run.open(cfg.tracking, uri, run_key=f"experiment-{h}", run_name=f"{cfg.tracking.experiment} {h}",
+                            params=to_dict(cfg), tags={"gmptl.config_hash": h})  # fmt: skip
+    run.log_manifest(prep.manifest_path, len(prep.df), config_hash(cfg.data), "cross-validation")
+    return run
 
 
 def plan(cfg: Config, until: str | list[str] = "evaluate") -> list[str]:
@@ -108,7 +111,7 @@ def run_experiment(
     if todo:
         start_ray(cfg)
     training = [s.name for s in todo if s.kind == "train"]
-    parent = _parent_run(cfg) if training else None
+    parent = _parent_run(cfg, prep) if training else None
     jobs = [(fold, c) for c in seed_configs(cfg) for fold in folds]
     lock = threading.Lock()
     seeded = cfg.seeds is not None
@@ -163,8 +166,10 @@ def _collect(cfg: Config, prep: Prepared, folds: list[Fold], status: dict[str, s
         if report is not None:
             folder = paths.run_dir(cfg)
             parent.log_metrics({k: report[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std")}, step=0)
+            # Per fold under its own keys: one key logged at several steps would show the last fold's value.
             for f in report["folds"]:
-                parent.log_metrics({"test_war": f["war"], "test_uar": f["uar"]}, step=f["fold"])
+                tag = f"fold{f['fold']}" + (f"_seed{f['seed']}" if cfg.seeds is not None else "")
+                parent.log_metrics({f"{tag}_test_war": f["war"], f"{tag}_test_uar": f["uar"]}, step=0)
             for f in sorted(folder.iterdir()):
                 if f.suffix in (".json", ".md", ".png", ".yaml"):
                     parent.log_artifact(f)

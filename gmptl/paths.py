@@ -147,6 +147,11 @@ def run_dir(cfg: Config) -> Path:
     return output_dir(cfg) / "runs" / config_hash(cfg)
 
 
+def log_file(cfg: Config) -> Path:
+    """The log of the commands run on this config: gmptl's own log and every Ray worker's output."""
+    return run_dir(cfg) / "gmptl.log"
+
+
 def test_dir(cfg: Config, fold: int) -> Path:
     """Test-speaker evaluation of a fold's stage-2 model (keyed like the model itself)."""
     return stage_dir(cfg, fold, "utterance") / "test"

@@ -44,7 +44,10 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
     """Initialise Ray once per process; a no-op when it is already up (tests share one session)."""
     import ray
 
+    from gmptl.progress import route_worker_output
+
     if ray.is_initialized():
+        route_worker_output()  # a later command in this process (tests) logs to its own run folder
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
     kwargs: dict = {"log_to_driver": True}
@@ -73,7 +76,9 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
                 f"the embedded Ray came up on {node_ip}, not 127.0.0.1: it would accept connections from the "
                 f"network. Join a cluster you started yourself instead (runtime.address, or RAY_ADDRESS)."
             )
-    log.info("ray resources: %s", ray.cluster_resources())
+    if (worker_log := route_worker_output()) is not None:
+        log.info("Ray worker output: %s", worker_log)
+    log.debug("ray resources: %s", ray.cluster_resources())
 
 
 def stage_demand(cfg: Config, stages: Iterable[str]) -> tuple[float, float]:

@@ -153,7 +153,7 @@ GRAPH: tuple[Step, ...] = (
         lambda cfg: ("utterance",),
         folder=paths.test_dir,
         marker=paths.TEST_JSON,
-        body="gmptl.evaluation.evaluate:evaluate_step",
+        body="gmptl.evaluation.pipeline:evaluate_step",
     ),
 )
 

@@ -1,10 +1,9 @@
-"""Job submission: run a gmptl command on a Ray cluster through the Ray Jobs API.
+"""Job submission, what travels: the working_dir of a ``gmptl submit`` job and the config it runs.
 
 ``gmptl submit CONFIG --address http://HEAD:8265 [--set k=v ...] [--mode run|tune] [-- ARGS]``
-builds a small working_dir, submits ``python -m gmptl.cli <mode> gmptl_job/<config>.yaml ARGS``
-with ``ray.job_submission.JobSubmissionClient.submit_job``, prints the job id, follows the job's
-logs (``tail_job_logs``) and ends with its final status: exit code 0 only for SUCCEEDED.
-``gmptl jobs list|status|logs|stop`` talk to the same job server.
+builds a small working_dir (this module) and submits ``python -m gmptl.cli <mode> gmptl_job/<config>.yaml
+ARGS`` through the Ray Jobs API (:mod:`gmptl.submit_client`, which also follows the job to its end);
+the commands ``gmptl submit`` and ``gmptl jobs`` are in :mod:`gmptl.cli.jobs`.
 
 What travels (the working_dir, a fresh temporary folder, never the repository itself):
 ``gmptl/``, ``jobs/``, ``tune_spaces/`` and ``pyproject.toml`` of the source folder, filtered to
@@ -17,9 +16,6 @@ secrets (``.env``, keys, credentials), hidden files, symlinks and files over ``M
 Paths in the config must mean the same on every node: ``output_dir`` (and ``data.root``,
 ``runtime.storage_path``, a ``sqlite:///`` tracking.uri, a local ``model.backbone`` folder) must be
 absolute, on storage the cluster shares; a relative one is a config error naming the key.
-
-The cluster's nodes are expected to have gmptl's dependencies installed (the image); ``--pip``
-adds runtime_env packages. Ray is imported lazily: this module is loaded by every CLI call.
 """
 
 from __future__ import annotations
@@ -27,24 +23,13 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import logging
-import os
-import secrets
 import shlex
 import shutil
-import socket
-import sys
-import tempfile
-import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
-import click
-
-from gmptl.config import PRESETS, Config, config_hash, load_config, save_config
+from gmptl.config import PRESETS, Config, non_absolute_paths, save_config
 from gmptl.errors import ConfigError, GmptlError
 
 log = logging.getLogger(__name__)
@@ -54,6 +39,8 @@ log = logging.getLogger(__name__)
 STAGED_DIRS = ("gmptl", "jobs", "tune_spaces")
 STAGED_FILES = ("pyproject.toml",)
 JOB_DIR = "gmptl_job"  # inside the working_dir: the resolved config and any input files of ARGS
+# The job runs `python -m gmptl.cli` (build_entrypoint): the source must hold that module.
+ENTRYPOINT_MODULES = ("gmptl/cli/__main__.py", "gmptl/cli.py")
 # Only code and config go; everything else (audio, Parquet, CSV, archives, models...) stays behind.
 CODE_SUFFIXES = frozenset({".py", ".pyi", ".yaml", ".yml", ".toml", ".json", ".md", ".txt", ".cfg", ".ini"})
 MAX_FILE_MB = 5.0
@@ -72,10 +59,6 @@ CACHE_PATTERNS = ("*.pyc", "*.pyo", "*.so", "*.egg-info")
 
 class SubmitError(GmptlError):
     """The cluster, the job server or a job cannot be used as asked; the message says how to fix it."""
-
-
-class JobFailedError(SubmitError):
-    """A followed job ended in a status other than SUCCEEDED."""
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -178,10 +161,10 @@ def stage_working_dir(
         SubmitError: ``source`` has no ``gmptl/`` package, or the staged total exceeds ``max_total_mb``.
     """
     source = Path(source).resolve()
-    if not (source / "gmptl" / "cli.py").is_file():
+    if not any((source / rel).is_file() for rel in ENTRYPOINT_MODULES):
         raise SubmitError(
-            f"--source {source}: no gmptl/cli.py there; pass the folder that holds the gmptl package "
-            "(the repository root)"
+            f"--source {source}: no gmptl/cli.py or gmptl/cli/__main__.py there; pass the folder that holds "
+            "the gmptl package (the repository root)"
         )
     dest.mkdir(parents=True, exist_ok=True)
     config_rel = f"{JOB_DIR}/{config_name}"
@@ -243,6 +226,13 @@ def stage_arg_files(args: tuple[str, ...] | list[str], source: Path, staging: St
     return out
 
 
+def stage_ablations_file(config_file: str | Path, staging: Staging) -> None:
+    """`gmptl run --ablations` reads <config>.ablations.yaml beside the config: it travels beside it too."""
+    ablations = Path(config_file).with_name(Path(config_file).stem + ".ablations.yaml")
+    if ablations.is_file() and exclusion_reason(ablations) is None:
+        _add_file(ablations, staging.root, Path(JOB_DIR) / ablations.name, staging)
+
+
 # ----------------------------------------------------------------------------- the job's config
 
 
@@ -257,28 +247,18 @@ def check_cluster_paths(cfg: Config) -> None:
         ConfigError: naming each relative key and the override that fixes it.
     """
     why = "the job runs in a temporary working_dir on the cluster that is deleted when it ends"
-    problems = []
-    if not _is_abs(cfg.output_dir):
-        problems.append(
-            f"output_dir={cfg.output_dir!r} is relative ({why}); set it to a folder on storage every node "
-            "shares, e.g. --set output_dir=/shared/gmptl/demo"
-        )
-    if cfg.data.root and not _is_abs(cfg.data.root):
-        problems.append(f"data.root={cfg.data.root!r} is relative; --set data.root=/shared/path/to/corpus")
-    sp = cfg.runtime.storage_path
-    if sp and "://" not in sp and not _is_abs(sp):
-        problems.append(f"runtime.storage_path={sp!r} is relative; use an absolute shared path or s3://...")
-    uri = cfg.tracking.uri
-    if (
-        cfg.tracking.enabled
-        and uri
-        and uri.startswith("sqlite:///")
-        and not _is_abs(uri[len("sqlite:///") :])
-    ):
-        problems.append(
-            f"tracking.uri={uri!r} is a relative sqlite file; use sqlite:////shared/path/mlflow.db, an "
-            "http(s):// MLflow server, or leave it unset (<output_dir>/mlflow.db)"
-        )
+    fixes = {
+        "output_dir": f"{why}; set it to a folder on storage every node shares, e.g. --set output_dir=/shared/gmptl/demo",
+        "data.root": "--set data.root=/shared/path/to/corpus",
+        "runtime.storage_path": "use an absolute shared path or s3://...",
+        "tracking.uri": "use sqlite:////shared/path/mlflow.db, an http(s):// MLflow server, or leave it unset "
+        "(<output_dir>/mlflow.db)",
+    }
+    problems = [
+        f"{key}={value!r} is relative ({fixes[key]})"
+        for key, value in non_absolute_paths(cfg).items()
+        if key != "tracking.uri" or cfg.tracking.enabled
+    ]
     bb = cfg.model.backbone
     if bb not in PRESETS and not _is_abs(bb) and (bb.startswith((".", "~")) or Path(bb).exists()):
         problems.append(
@@ -304,332 +284,3 @@ def build_entrypoint(
 ) -> str:
     """The job's shell command: the CLI as a module, so no console script is needed on the nodes."""
     return shlex.join([python, "-m", "gmptl.cli", mode, config_rel, *args])
-
-
-# ----------------------------------------------------------------------------- the job server
-
-
-def dashboard_url(address: str) -> str:
-    """``--address`` as the job server's URL: ``http(s)://host:port`` (a bare ``host:port`` gets http)."""
-    text = address.strip().rstrip("/")
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SubmitError(
-            f"--address {address!r}: expected the head's dashboard (job server) URL, e.g. "
-            "--address http://HEAD:8265 (not a ray:// client address)"
-        )
-    try:
-        parts.port  # noqa: B018 (validates the port)
-    except ValueError as e:
-        raise SubmitError(f"--address {address!r}: {e}; e.g. --address http://HEAD:8265") from None
-    return text
-
-
-def _probe(url: str, timeout_s: float) -> None:
-    """Fail in seconds, with a useful message, when nothing listens (requests would wait minutes)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-    except OSError as e:
-        raise SubmitError(
-            f"--address {url}: no Ray job server answers at {parts.hostname}:{port} ({e}). Start the head "
-            "with its dashboard (ray start --head --include-dashboard true --dashboard-port 8265) and pass "
-            "that URL, e.g. --address http://HEAD:8265"
-        ) from None
-
-
-@contextlib.contextmanager
-def _explicit_address() -> Iterator[None]:
-    """Ray lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address given to the client; here
-    ``--address`` wins (RAY_ADDRESS is also what a job's own driver sees)."""
-    saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-def connect(address: str, timeout_s: float = 5.0) -> Any:
-    """A ``JobSubmissionClient`` for ``address`` (checked: reachable and a Ray job server)."""
-    url = dashboard_url(address)
-    _probe(url, timeout_s)
-    from ray.job_submission import JobSubmissionClient
-
-    with _explicit_address():
-        try:
-            return JobSubmissionClient(url)
-        except Exception as e:  # ConnectionError, RuntimeError (version check), AuthenticationError
-            raise SubmitError(
-                f"--address {url}: not a usable Ray job server ({type(e).__name__}: {e}); pass the head's "
-                "dashboard URL, e.g. --address http://HEAD:8265"
-            ) from None
-
-
-def _call(what: str, address: str, fn: Any, *args: Any) -> Any:
-    """One job-server request; its failure becomes a SubmitError that says what was asked."""
-    try:
-        return fn(*args)
-    except Exception as e:  # the SDK raises RuntimeError for HTTP errors, ConnectionError, ...
-        text = str(e)
-        hint = f"; list the jobs with `gmptl jobs list --address {address}`" if "404" in text else ""
-        raise SubmitError(f"{what} failed on {address}: {text}{hint}") from None
-
-
-def wait_until_done(client: Any, job_id: str, address: str, poll_s: float = 1.0) -> Any:
-    """Poll until the job is in a terminal state; returns its JobDetails."""
-    while True:
-        info = _call(f"status of job {job_id}", address, client.get_job_info, job_id)
-        if info.status.is_terminal():
-            return info
-        time.sleep(poll_s)
-
-
-def follow_logs(client: Any, job_id: str) -> None:
-    """Stream the job's logs to stdout until it ends (``tail_job_logs`` is an async iterator)."""
-    import asyncio
-
-    async def tail() -> None:
-        async for chunk in client.tail_job_logs(job_id):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-
-    try:
-        asyncio.run(tail())
-    except (
-        Exception
-    ) as e:  # the stream closed before the job ended; the caller's status poll still follows it
-        log.warning("log stream of job %s ended early (%s); waiting for the job to end", job_id, e)
-
-
-def _warn_local_tracking(cfg: Config, address: str) -> None:
-    """An MLflow server on this machine's loopback is not reachable from a remote cluster's nodes."""
-    local = ("127.0.0.1", "localhost", "::1")
-    uri = cfg.tracking.uri or ""
-    if cfg.tracking.enabled and uri.startswith("http") and urlsplit(uri).hostname in local:
-        if address and urlsplit(dashboard_url(address)).hostname not in local:
-            log.warning(
-                "tracking.uri=%s is this machine's loopback: the job on %s reaches its own node's instead; "
-                "give the MLflow server's address as the cluster sees it",
-                uri,
-                address,
-            )
-
-
-@dataclass
-class Submission:
-    job_id: str
-    address: str
-    entrypoint: str
-    staging: Staging
-    config: Config
-    client: Any = None  # the JobSubmissionClient (None for a dry run)
-
-
-def submit(
-    config_file: str,
-    sets: tuple[str, ...] | list[str],
-    address: str,
-    mode: str = "run",
-    args: tuple[str, ...] | list[str] = (),
-    source: Path | None = None,
-    submission_id: str | None = None,
-    pip: tuple[str, ...] | list[str] = (),
-    dry_run: bool = False,
-) -> Submission:
-    """Check the config, stage the working_dir, submit the job (unless ``dry_run``)."""
-    cfg = job_config(load_config(config_file, list(sets)))
-    check_cluster_paths(cfg)
-    _warn_local_tracking(cfg, address)
-    source = Path(source) if source else default_source()
-    client = None if dry_run else connect(address)
-    with tempfile.TemporaryDirectory(prefix="gmptl-submit-") as tmp:
-        staging = stage_working_dir(cfg, source, Path(tmp) / "working_dir", f"{Path(config_file).stem}.yaml")
-        # `gmptl run --ablations` reads <config>.ablations.yaml beside the config: it travels beside it too.
-        ablations = Path(config_file).with_name(Path(config_file).stem + ".ablations.yaml")
-        if ablations.is_file() and exclusion_reason(ablations) is None:
-            _add_file(ablations, staging.root, Path(JOB_DIR) / ablations.name, staging)
-        job_args = stage_arg_files(args, source, staging)
-        entrypoint = build_entrypoint(mode, staging.config, job_args)
-        job_id = submission_id or f"gmptl-{mode}-{config_hash(cfg)}-{secrets.token_hex(3)}"
-        if client is not None:
-            runtime_env: dict[str, Any] = {
-                "working_dir": str(staging.root),
-                "env_vars": {"PYTHONUNBUFFERED": "1"},  # logs reach tail_job_logs as they are written
-            }
-            if pip:
-                runtime_env["pip"] = list(pip)
-            metadata = {
-                "gmptl_mode": mode,
-                "gmptl_config": str(config_file),
-                "gmptl_output_dir": cfg.output_dir,
-            }
-            url = dashboard_url(address)
-            job_id = _call(
-                "submit_job",
-                url,
-                lambda: client.submit_job(
-                    entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id, metadata=metadata
-                ),
-            )
-    # The folder is gone once Ray has uploaded it (a content-addressed zip in the cluster's GCS).
-    return Submission(job_id, address, entrypoint, staging, cfg, client)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-_address_option = click.option(
-    "--address",
-    envvar="RAY_API_SERVER_ADDRESS",
-    metavar="URL",
-    help="The head's dashboard / job server, e.g. http://HEAD:8265 (env RAY_API_SERVER_ADDRESS).",
-)
-
-
-def _need_address(address: str | None) -> str:
-    if not address:
-        raise click.UsageError("--address is required: the head's job server URL, e.g. http://HEAD:8265")
-    return dashboard_url(address)
-
-
-@click.command("submit")
-@click.argument("config_file", type=click.Path(dir_okay=False))
-@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[-- ARGS...]")
-@_address_option
-@click.option("--mode", type=click.Choice(["run", "tune"]), default="run", show_default=True,
-              help="The gmptl command the job runs on CONFIG_FILE; ARGS after `--` are passed to it.")  # fmt: skip
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
-@click.option("--submission-id", default=None, help="Job id (default gmptl-<mode>-<config hash>-<random>).")
-@click.option("--no-wait", is_flag=True, help="Return after submitting; do not follow the logs.")
-@click.option("--pip", multiple=True, metavar="REQ", help="Extra runtime_env pip requirement (repeatable).")
-@click.option("--source", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Folder whose gmptl/, jobs/, tune_spaces/, pyproject.toml are shipped (default: the "
-                   "installed gmptl's parent folder).")  # fmt: skip
-@click.option("--dry-run", is_flag=True, help="Stage and list what would be shipped; submit nothing.")
-def submit_command(
-    config_file: str,
-    args: tuple[str, ...],
-    address: str | None,
-    mode: str,
-    sets: tuple[str, ...],
-    submission_id: str | None,
-    no_wait: bool,
-    pip: tuple[str, ...],
-    source: str | None,
-    dry_run: bool,
-) -> None:
-    """Run `gmptl MODE CONFIG_FILE` as a Ray job on the cluster at --address; follow it to its end."""
-    if mode == "tune" and not any(a == "--space" or a.startswith("--space=") for a in args):
-        raise click.UsageError(
-            "--mode tune needs the search space of `gmptl tune`: add `-- --space tune_spaces/utterance.yaml "
-            "[--samples N]`"
-        )
-    url = "" if dry_run else _need_address(address)
-    sub = submit(
-        config_file, sets, url, mode, args, Path(source) if source else None, submission_id, pip, dry_run
-    )
-    if dry_run:
-        click.echo(f"entrypoint: {sub.entrypoint}\n{sub.staging.summary()}")
-        click.echo("\n".join(f"  + {f}" for f in sub.staging.files))
-        click.echo("\n".join(f"  - {f} ({reason})" for f, reason in sub.staging.excluded))
-        return
-    click.echo(
-        f"submitted job {sub.job_id} to {url}\n  {sub.staging.summary()}\n  entrypoint: {sub.entrypoint}"
-    )
-    click.echo(f"  logs: gmptl jobs logs {sub.job_id} --address {url} --follow\n"
-               f"  stop: gmptl jobs stop {sub.job_id} --address {url}")  # fmt: skip
-    if no_wait:
-        return
-    try:
-        follow_logs(sub.client, sub.job_id)
-        info = wait_until_done(sub.client, sub.job_id, url)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped following; job {sub.job_id} keeps running (gmptl jobs stop {sub.job_id} "
-                   f"--address {url})", err=True)  # fmt: skip
-        raise click.exceptions.Abort() from None
-    _end(sub.job_id, url, info, sub.config if mode == "run" else None)
-
-
-def _end(job_id: str, url: str, info: Any, cfg: Config | None) -> None:
-    """Print the final status; a job that did not succeed is an error (exit code 1)."""
-    status = str(info.status)
-    click.echo(f"job {job_id}: {status}" + (f" ({info.message})" if info.message else ""))
-    if status != "SUCCEEDED":
-        raise JobFailedError(
-            f"job {job_id} ended {status}: {info.message or 'no message'}; its logs: "
-            f"gmptl jobs logs {job_id} --address {url}"
-        )
-    if cfg is not None:
-        from gmptl import paths
-
-        click.echo(f"report: {paths.run_dir(cfg) / 'report.md'}")
-
-
-@click.group("jobs")
-def jobs_group() -> None:
-    """Jobs on a Ray cluster's job server: list, status, logs, stop."""
-
-
-@jobs_group.command("list")
-@_address_option
-def jobs_list(address: str | None) -> None:
-    """Every job the cluster knows, newest first."""
-    url = _need_address(address)
-    client = connect(url)
-    rows = sorted(_call("list_jobs", url, client.list_jobs), key=lambda j: j.start_time or 0, reverse=True)
-    for j in rows:
-        started = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000)) if j.start_time else "-"
-        )
-        click.echo(
-            f"{j.submission_id or j.job_id:<44} {str(j.status):<10} {started}  {(j.entrypoint or '')[:80]}"
-        )
-    if not rows:
-        click.echo(f"no jobs on {url}")
-
-
-@jobs_group.command("status")
-@click.argument("job_id")
-@_address_option
-def jobs_status(job_id: str, address: str | None) -> None:
-    """Status, message and entrypoint of JOB_ID."""
-    url = _need_address(address)
-    info = _call(f"status of job {job_id}", url, connect(url).get_job_info, job_id)
-    click.echo(f"job {job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
-    click.echo(f"entrypoint: {info.entrypoint}")
-    for key, value in sorted((info.metadata or {}).items()):
-        click.echo(f"{key}: {value}")
-
-
-@jobs_group.command("logs")
-@click.argument("job_id")
-@_address_option
-@click.option("--follow", "-f", is_flag=True, help="Stream new output until the job ends.")
-def jobs_logs(job_id: str, address: str | None, follow: bool) -> None:
-    """The logs of JOB_ID (all so far, or followed to the end)."""
-    url = _need_address(address)
-    client = connect(url)
-    if follow:
-        _call(f"status of job {job_id}", url, client.get_job_info, job_id)  # an unknown id fails here
-        follow_logs(client, job_id)
-    else:
-        click.echo(_call(f"logs of job {job_id}", url, client.get_job_logs, job_id), nl=False)
-
-
-@jobs_group.command("stop")
-@click.argument("job_id")
-@_address_option
-@click.option("--no-wait", is_flag=True, help="Return once the stop is requested.")
-def jobs_stop(job_id: str, address: str | None, no_wait: bool) -> None:
-    """Stop JOB_ID (SIGTERM to its driver, then SIGKILL after Ray's grace period)."""
-    url = _need_address(address)
-    client = connect(url)
-    was_running = _call(f"stop_job {job_id}", url, client.stop_job, job_id)
-    if not was_running:
-        click.echo(f"job {job_id} was not running")
-    if no_wait:
-        return
-    info = wait_until_done(client, job_id, url)
-    click.echo(f"job {job_id}: {info.status}")

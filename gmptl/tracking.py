@@ -13,6 +13,7 @@ experiment on a new SQLite store race ("table already exists").
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import urllib.error
@@ -70,11 +71,20 @@ def _client(uri: str):  # noqa: ANN202
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, "detect issues"); a
+# model-training experiment opens on its runs table. The tag is set once; a kind chosen in the UI stays.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment ``name`` (created, marked as model training, if it does not exist)."""
     client = _client(uri)
     for attempt in range(5):
         exp = client.get_experiment_by_name(name)
         if exp is not None:
+            if EXPERIMENT_KIND_TAG not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         artifacts = None
         if uri.startswith("sqlite:///"):
@@ -159,6 +169,21 @@ class Run:
             client.log_artifacts(self.run_id, str(p), artifact_path)
         else:
             client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def log_manifest(self, manifest: Path, n_rows: int, digest: str, context: str) -> None:
+        """The corpus manifest as the run's dataset input (MLflow's "Datasets used" column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=f"manifest {digest[:8]}",
+            digest=digest[:20],
+            source_type="local",
+            source=json.dumps({"uri": str(manifest)}),
+            profile=json.dumps({"num_rows": n_rows}),
+        )
+        _client(self.uri).log_inputs(
+            self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+        )
 
     def set_tags(self, tags: dict[str, str]) -> None:
         client = _client(self.uri)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gmptl import paths
+from gmptl import files, paths
 from gmptl.clustering import kmeans
 from gmptl.clustering.labels import label_quality, label_shard
 from gmptl.config import ClusterConfig, Config, RuntimeConfig, to_dict
@@ -223,7 +223,7 @@ def fit_codebooks(
             tol=cfg.tol,
         )
         final = stats_of(centroids)
-        np.save(out / paths.centroids_file(layer, k), centroids)
+        files.save_npy(out / paths.centroids_file(layer, k), centroids)
         report["codebooks"][str(k)] = {
             "file": paths.centroids_file(layer, k),
             "history": history,
@@ -244,7 +244,7 @@ def fit_codebooks(
         ray.kill(a)
     report["wall_s"] = time.perf_counter() - t0
     report["config"] = to_dict(cfg)
-    (out / paths.KMEANS_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    files.write_json(out / paths.KMEANS_JSON, report)
     return report
 
 
@@ -276,7 +276,7 @@ class ShardLabeller:
             for k, c in self.centroids.items():
                 labels = kmeans.assign(x, c, self.gpu)[0].astype(np.int32)
                 path = label_shard(self.out, shard, k)
-                store.atomic_write_bytes(path, lambda fh, a=labels: np.save(fh, a))
+                files.save_npy(path, labels)
                 rows["shard"].append(shard)
                 rows["k"].append(k)
                 rows["n_frames"].append(len(labels))
@@ -324,7 +324,7 @@ def assign_labels(
                     f"labels of shard {shard} (utterances {bad} ...) have {n} frames, features {record_total}"
                 )
     index["part"] = index.utt_id.map(utt_parts)
-    index.to_parquet(out / paths.LABELS_INDEX, index=False)
+    files.write_parquet(index, out / paths.LABELS_INDEX)
     return index
 
 
@@ -366,5 +366,5 @@ def label_step(ctx: Any) -> dict[str, Any]:
     )
     quality, counts = label_quality(paths.corpus_root(cfg), cfg.clustering.k, out, index)
     report = {"layer": layer, "n_utterances": int(len(index)), "quality": quality, "counts": counts}
-    (out / paths.LABELS_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    files.write_json(out / paths.LABELS_JSON, report)
     return report

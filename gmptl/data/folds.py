@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gmptl import files
 from gmptl.config import FoldsConfig, config_hash
 from gmptl.errors import FoldError
 
@@ -193,7 +194,7 @@ def write_folds(manifest: pd.DataFrame, folds: list[Fold], cfg: FoldsConfig, pat
         "folds": fold_table(manifest, folds),
         "splits": [f.splits and {k: list(v) for k, v in f.splits.items()} for f in folds],
     }
-    p.write_text(json.dumps(doc, indent=2) + "\n")
+    files.write_json(p, doc)
     return p
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gmptl import files
 from gmptl.errors import BadInputError
 
 SCHEMA_VERSION = 1
@@ -119,7 +120,7 @@ def write_manifest(records: list[Utterance], path: str | Path, meta: dict[str, A
     p.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(to_frame(records), schema=SCHEMA, preserve_index=False)
     md = {b"gmptl": json.dumps({"schema_version": SCHEMA_VERSION, **(meta or {})}).encode()}
-    pq.write_table(table.replace_schema_metadata(md), p)
+    files.atomic_write(p, lambda fh: pq.write_table(table.replace_schema_metadata(md), fh))
     return p
 
 

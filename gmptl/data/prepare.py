@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gmptl import files
 from gmptl.config import Config, DataConfig, config_hash, save_config
 from gmptl.data.audio import AudioError, inspect_audio
 from gmptl.data.corpora import LabelMapper, get_corpus
@@ -160,7 +161,7 @@ def prepare_manifest(
         "n_candidates": n_candidates,
     }
     report_path = report_path_for(out)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    files.write_json(report_path, report)
     save_config(full_config or Config(data=data), out.with_name(out.stem + ".config.yaml"))
     log.info(
         "wrote %s (%d utterances, %d bad, %d excluded)",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gmptl import paths
+from gmptl import files, paths
 from gmptl.config import Config, config_hash, save_config
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,30 @@ def evaluate_step(ctx: Any) -> dict[str, Any]:
             f"fold {fold.index}: the model's classes {ev.labels} differ from the manifest's {labels}"
         )
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(
+    predictions = pd.DataFrame(
         {"utt_id": ev.utt_ids, "true": [labels[i] for i in ev.true], "pred": [labels[i] for i in ev.pred]}
         | {f"p_{lab}": ev.probabilities[:, j] for j, lab in enumerate(labels)}
-    ).to_parquet(out / "predictions.parquet", index=False)
+    )
+    files.write_parquet(predictions, out / "predictions.parquet")
     entry = fold_entry(fold.index, s.seed, list(fold.test_speakers), ev.confusion)
-    (out / paths.TEST_JSON).write_text(json.dumps(entry, indent=2) + "\n")
+    _log_on_stage_run(cfg, fold.index, entry)
+    files.write_json(out / paths.TEST_JSON, entry)
     log.info(
         "fold %d test: WAR %.3f UAR %.3f (n=%d)", fold.index, entry["war"], entry["uar"], entry["n_test"]
     )
     return entry
+
+
+def _log_on_stage_run(cfg: Config, fold: int, entry: dict[str, Any]) -> None:
+    """The fold's test metrics on the MLflow run of the stage-2 model they score."""
+    if not cfg.tracking.enabled:
+        return
+    from gmptl import tracking
+
+    stage = json.loads((paths.stage_dir(cfg, fold, "utterance") / paths.STAGE_JSON).read_text())
+    if stage.get("mlflow_run_id"):
+        run = tracking.Run(tracking.resolve_uri(cfg), stage["mlflow_run_id"])
+        run.log_metrics({f"test_{k}": entry[k] for k in ("war", "uar", "macro_f1")}, step=0)
 
 
 def write_run_report(

@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gmptl import files
 from gmptl.training import metrics
 
 
@@ -66,7 +66,7 @@ def table(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], folder: str | Path, extra_md: str = "") -> tuple[Path, Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    files.write_json(folder / "report.json", report)
     labels = report["labels"]
     cm = np.asarray(report["confusion_sum"])
     cm_rows = ["| true \\ predicted | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]

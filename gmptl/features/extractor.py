@@ -20,13 +20,12 @@ memory demands it.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from gmptl.config import FeatureConfig, ModelConfig
 from gmptl.models.backbone import (
+    FrameGeometry,
     build_backbone,
     check_layers,
     frame_geometry,
@@ -35,22 +34,13 @@ from gmptl.models.backbone import (
 )
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    hop: int  # samples between frames (320 for HuBERT: 20 ms at 16 kHz)
-    receptive_field: int  # samples one frame sees (400: 25 ms)
-
-    def n_frames(self, n_samples: int) -> int:
-        return 0 if n_samples < self.receptive_field else (n_samples - self.receptive_field) // self.hop + 1
-
-
-def conv_geometry(model: torch.nn.Module) -> ConvGeometry:
-    hop, rf = frame_geometry(model.config)
-    return ConvGeometry(hop=hop, receptive_field=rf)
+def conv_geometry(model: torch.nn.Module) -> FrameGeometry:
+    """The frame geometry of a loaded backbone."""
+    return frame_geometry(model.config)
 
 
 def chunk_spans(
-    n_samples: int, geo: ConvGeometry, max_chunk_samples: int | None
+    n_samples: int, geo: FrameGeometry, max_chunk_samples: int | None
 ) -> list[tuple[int, int, int]]:
     """[(sample_start, sample_end, n_frames)] whose frames tile the whole pass's frames exactly."""
     total = geo.n_frames(n_samples)

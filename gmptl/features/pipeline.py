@@ -14,7 +14,6 @@ and a rerun after an interruption computes only the missing shards.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gmptl import files
 from gmptl.config import FeatureConfig, ModelConfig, RuntimeConfig, to_dict
 from gmptl.features import store
 
@@ -222,7 +222,7 @@ def extract_features(
         "model": to_dict(model_cfg),
         "features": to_dict(features_cfg),
     }
-    (folder / "extract.json").write_text(json.dumps(step, indent=2) + "\n")
+    files.write_json(folder / "extract.json", step)
     return result
 
 

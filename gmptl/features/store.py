@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gmptl import paths
+from gmptl import files, paths
 
 INDEX_FILE = paths.FEATURES_INDEX
 
@@ -45,15 +44,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the whole new one
-
-
 def write_shard(
     folder: Path, shard: int, utt_ids: list[str], feats: list[dict[int, np.ndarray]], dtype: str
 ) -> dict[str, Any]:
@@ -61,12 +51,12 @@ def write_shard(
     layers = sorted(feats[0]) if feats else []
     n_frames = [int(next(iter(f.values())).shape[0]) for f in feats]
     offsets = np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(int).tolist() if feats else []
-    files = {}
+    written = {}
     for layer in layers:
         arr = np.concatenate([f[layer] for f in feats], axis=0).astype(dtype)  # (sum frames, D)
         path = shard_array(folder, shard, layer)
-        atomic_write_bytes(path, lambda fh, a=arr: np.save(fh, a))
-        files[str(layer)] = {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files.save_npy(path, arr)
+        written[str(layer)] = {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
     record = {
         "shard": shard,
         "utt_ids": utt_ids,
@@ -75,9 +65,9 @@ def write_shard(
         "layers": layers,
         "dim": int(next(iter(feats[0].values())).shape[1]) if feats else 0,
         "dtype": dtype,
-        "files": files,
+        "files": written,
     }
-    atomic_write_bytes(shard_json(folder, shard), lambda fh: fh.write(json.dumps(record).encode()))
+    files.write_text(shard_json(folder, shard), json.dumps(record))
     return record
 
 
@@ -110,7 +100,7 @@ def build_index(folder: Path, n_shards: int) -> pd.DataFrame:
                 rows.append((utt, layer, shard, off, n))
     df = pd.DataFrame(rows, columns=["utt_id", "layer", "shard", "offset", "n_frames"])
     df = df.sort_values(["utt_id", "layer"], kind="stable").reset_index(drop=True)
-    df.to_parquet(folder / INDEX_FILE, index=False)
+    files.write_parquet(df, folder / INDEX_FILE)
     return df
 
 

@@ -10,6 +10,7 @@ entry, so ``hidden_states[depth]`` is the normalised output of the last layer.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import (
@@ -151,11 +152,22 @@ def backbone_config(cfg: ModelConfig, init_dir: str | Path | None = None) -> Pre
         raise
 
 
-def frame_geometry(config: PretrainedConfig) -> tuple[int, int]:
+class FrameGeometry(NamedTuple):
+    """Where the CNN front-end's frames sit, in samples: the one frame geometry of gmptl."""
+
+    hop: int  # samples between frames (320 for HuBERT: 20 ms at 16 kHz)
+    receptive_field: int  # samples one frame sees (400: 25 ms)
+
+    def n_frames(self, n_samples: int) -> int:
+        """Frames the front-end makes of ``n_samples`` samples (0 when shorter than one receptive field)."""
+        return 0 if n_samples < self.receptive_field else (n_samples - self.receptive_field) // self.hop + 1
+
+
+def frame_geometry(config: PretrainedConfig) -> FrameGeometry:
     """(hop, receptive field) in samples of the CNN front-end: (320, 400) for HuBERT at 16 kHz."""
     hop, rf = 1, 1
     for k, s in zip(reversed(config.conv_kernel), reversed(config.conv_stride), strict=True):
         rf = (rf - 1) * s + k
     for s in config.conv_stride:
         hop *= s
-    return hop, rf
+    return FrameGeometry(hop, rf)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from gmptl import files
 from gmptl.config import ModelConfig, TrainConfig
 from gmptl.models.backbone import build_backbone, load_pretrained, uses_attention_mask
 from gmptl.models.heads import CosineClassifier, FrameHead, build_pooling
@@ -147,7 +148,7 @@ def save_model(model: SERModel, folder: str | Path, extra: dict[str, Any] | None
         if not k.startswith("backbone.")
     }
     save_file(heads, str(folder / HEADS_FILE))
-    (folder / MODEL_JSON).write_text(json.dumps({"spec": model.spec, **(extra or {})}, indent=2) + "\n")
+    files.write_json(folder / MODEL_JSON, {"spec": model.spec, **(extra or {})})
     return folder
 
 

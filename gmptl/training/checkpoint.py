@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from gmptl import files
+
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.json"
 
@@ -33,7 +35,7 @@ def save_checkpoint(
     save_file(weights, str(folder / MODEL_FILE))
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     torch.save(scheduler.state_dict(), folder / "scheduler.pt")
-    (folder / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+    files.write_json(folder / STATE_FILE, state, indent=1)
     return folder
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gmptl.data.audio import load_audio
-from gmptl.features.extractor import ConvGeometry as Geometry  # hop and receptive field, in samples
+from gmptl.models.backbone import FrameGeometry as Geometry  # hop and receptive field, in samples
 
 FrameLabels = Callable[[str], dict[str, np.ndarray]]  # utt_id -> {stream: (n_frames,) int labels}
 

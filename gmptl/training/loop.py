@@ -192,6 +192,14 @@ def run_epoch(
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(batch["wave"], batch["n_samples"], masked)
                 loss, parts = stage.loss(out, batch, masked)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                # One step on an inf/NaN loss turns every weight into NaN: stop here, with what to change.
+                raise FloatingPointError(
+                    f"the {'training' if train else 'validation'} loss is {value} on a batch of "
+                    f"{len(batch['n_samples'])} utterances; lower stages.<stage>.lr, set stages.<stage>.max_grad_norm, "
+                    "or check the input audio"
+                )
             if train:
                 (loss / group).backward()
                 if sync:
@@ -204,7 +212,7 @@ def run_epoch(
                     stats.n_steps += 1
                     pending = 0
             b = len(batch["n_samples"])
-            stats.loss_sum += float(loss.detach()) * b
+            stats.loss_sum += value * b
             stats.n_examples += b
             for k, v in parts.items():
                 stats.parts[k] = stats.parts.get(k, 0.0) + float(v.detach()) * b

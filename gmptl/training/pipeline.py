@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gmptl import paths, steps, tracking
+from gmptl import files, paths, steps, tracking
 from gmptl.config import Config, config_hash, save_config, to_dict
 from gmptl.data.folds import Fold
 from gmptl.errors import GmptlError
@@ -140,6 +140,7 @@ def train_stage(
             tags={"gmptl.stage": stage, "gmptl.fold": str(fold.index), "gmptl.config_hash": config_hash(cfg)},
             parent=parent,
         )  # fmt: skip
+        run.log_manifest(paths.manifest_path(cfg), len(df), config_hash(cfg.data), "training")
     job = {
         "config": to_dict(cfg),
         "stage": stage,
@@ -251,7 +252,7 @@ def _finish(cfg: Config, stage: str, fold: Fold, out: Path, result: Any, metric:
         "mlflow_run_id": run.run_id if run else None,
     }
     save_config(cfg, out / "config.yaml")
-    (out / paths.STAGE_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
+    files.write_json(out / paths.STAGE_JSON, manifest)
     if run:
         run.log_artifact(out / "config.yaml")
         run.log_artifact(out / paths.STAGE_JSON)

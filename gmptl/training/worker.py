@@ -21,6 +21,7 @@ import torch
 
 from gmptl.config import Config
 from gmptl.models.factory import build_model, configure_training
+from gmptl.progress import epoch_line
 from gmptl.training import data as tdata
 from gmptl.training.checkpoint import load_checkpoint, save_checkpoint
 from gmptl.training.loop import EpochStats, all_reduce_stats, lr_lambda, run_epoch
@@ -174,6 +175,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         if run is not None:
             run.log_metrics({k: v for k, v in m.items() if isinstance(v, (int, float))}, step=epoch)
         if rank == 0:
+            print(epoch_line(job["stage"], job["fold"], stage_cfg.epochs, m, metric), flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(tmp, inner, optimizer, scheduler, state)
                 ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -1,7 +1,9 @@
 """Hyperparameter searches (``gmptl tune``).
 
 ``space.py`` reads and validates a search-space YAML (pure: no Ray, no MLflow);
-``search.py`` runs it on Ray Tune (ASHA, a model-based searcher, a real Ray Train
-run per trial) and writes the summary and the best configuration; ``locks.py``
-keeps two concurrent trials from computing the same cached step at once.
+``search.py`` is the driver that runs it on Ray Tune (ASHA, a model-based searcher);
+``trial.py`` is what runs inside a Tune actor (a real Ray Train run per fold);
+``summary.py`` writes the summary and its figure; ``trials.py`` holds the pure
+bookkeeping (fold means, concurrency); ``locks.py`` keeps two concurrent trials
+from computing the same cached step at once.
 """

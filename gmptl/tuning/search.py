@@ -33,38 +33,35 @@ params and the per-epoch fold-mean metrics, logged by the trial), and per fold t
 stage's own run as a child of the trial's run (full config, per-epoch metrics, model).
 After the search the driver sets each trial run's status (FINISHED, KILLED for trials
 ASHA stopped, FAILED) and logs the summary files to the parent run.
+
+This module is the driver (the search's setup, ``Tuner.fit``, the MLflow parent run and closing
+the trials' runs); the trial that runs in a Tune actor is :mod:`gmptl.tuning.trial`, the summary
+and its figure :mod:`gmptl.tuning.summary`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
-import ray.train
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from gmptl import paths, steps, tracking
-from gmptl.config import Config, absolutize, config_hash_of, load_config, save_config, to_dict
-from gmptl.errors import ConfigError, GmptlError
-from gmptl.tuning import locks
+from gmptl.config import Config, absolutize, config_hash_of, save_config, to_dict
+from gmptl.errors import ConfigError
 from gmptl.tuning.space import SearchSpace, load_space, plan
-from gmptl.tuning.trials import OBJECTIVE, REPORTED, FoldMeans, derive_concurrency
+from gmptl.tuning.summary import parallel_coordinates_png, summarize
+from gmptl.tuning.trial import SearchError, run_trial, trial_params, trial_run_key, trial_tags
+from gmptl.tuning.trials import OBJECTIVE, derive_concurrency
 
 log = logging.getLogger(__name__)
-
-
-class SearchError(GmptlError):
-    """A search could not run to the end (a trial failed, or it was interrupted)."""
 
 
 @dataclass
@@ -74,9 +71,6 @@ class SearchOutputs:
     best_yaml: Path | None
     mlflow_uri: str | None
     parent_run_id: str | None
-
-
-# ----------------------------------------------------------------------------- driver
 
 
 def search_name(cfg: Config, space: SearchSpace) -> str:
@@ -161,6 +155,12 @@ class RecordingASHA(ASHAScheduler):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"trial_id": trial.trial_id, "epoch": result.get("epoch")}) + "\n")
         return decision
+
+
+def _trial(params: dict[str, Any], job: dict[str, Any]) -> None:
+    """The Tune trainable (:func:`gmptl.tuning.trial.run_trial`). Tune names the trainable after this
+    function and ``Tuner.restore`` only resumes a search with a trainable of the same name: keep it."""
+    run_trial(params, job)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -288,83 +288,15 @@ def run_search(config: str | Path | None, space_file: str | Path, sets: list[str
     return SearchOutputs(folder, summary, best_yaml, uri, parent.run_id if parent else None)
 
 
-def summarize(
-    cfg: Config, space: SearchSpace, grid: Any, folds: list[int], base_yaml: Path
-) -> dict[str, Any]:
-    """Every trial (params, status, history), the best one, and the compute ASHA saved."""
-    tc = cfg.tune
-    better = max if tc.direction == "max" else min
-    trials = []
-    for r in grid:
-        tid = Path(r.path).name
-        df = r.metrics_dataframe
-        hist: list[dict[str, Any]] = []
-        if df is not None and OBJECTIVE in df:
-            keep = [
-                c for c in df.columns if c in ("epoch", OBJECTIVE, *REPORTED) or c.startswith("epoch_fold")
-            ]
-            hist = [{k: v for k, v in row.items() if v == v} for row in df[keep].to_dict("records")]
-        # A trial that trained every fold to its end wrote trials/<id>.json, one that ASHA stopped has
-        # stopped/<id>.json; a trial with neither was ended by an interruption (Tune marks all of them done).
-        if r.error:
-            status = "failed"
-        elif (base_yaml.parent / "trials" / f"{tid}.json").is_file():
-            status = "completed"
-        elif (base_yaml.parent / "stopped" / f"{tid}.json").is_file():
-            status = "stopped_early"
-        else:
-            status = "unfinished"
-        params = space.decode(r.config)
-        epochs = getattr(space.apply(cfg, r.config).stages, tc.stage).epochs
-        last = hist[-1] if hist else {}
-        run = sum(int(last.get(f"epoch_fold{f}", last.get("epoch", 0))) for f in folds)
-        best = better(hist, key=lambda h: h[OBJECTIVE]) if hist else None
-        trials.append({
-            "trial_id": tid, "params": params, "status": status, "epochs_run": run,
-            "epochs_max": epochs * len(folds), OBJECTIVE: best[OBJECTIVE] if best else None,
-            "best_epoch": int(best["epoch"]) if best else None, "history": hist,
-            "error": str(r.error).splitlines()[0][:500] if r.error else None,
-        })  # fmt: skip
-    scored = [t for t in trials if t[OBJECTIVE] is not None]
-    best_t = better(scored, key=lambda t: t[OBJECTIVE]) if scored else None
-    budget = sum(t["epochs_max"] for t in trials)
-    ran = sum(t["epochs_run"] for t in trials)
-    return {
-        "stage": tc.stage,
-        "metric": tc.metric,
-        "mode": tc.direction,
-        "objective": f"mean over folds {folds} of each fold's best {tc.metric} so far",
-        "folds": folds,
-        "searcher": tc.searcher,
-        "asha": {
-            "grace_period": tc.grace_period,
-            "reduction_factor": tc.reduction_factor,
-            "time_attr": "epoch",
-        },
-        "n_trials": len(trials),
-        "n_completed": sum(t["status"] == "completed" for t in trials),
-        "n_stopped_early": sum(t["status"] == "stopped_early" for t in trials),
-        "n_failed": sum(t["status"] == "failed" for t in trials),
-        "n_unfinished": sum(t["status"] == "unfinished" for t in trials),
-        "epochs_run": ran,
-        "epochs_budget": budget,
-        "compute_saved": round(1 - ran / budget, 4) if budget else 0.0,
-        "best": None
-        if best_t is None
-        else {k: best_t[k] for k in ("trial_id", "params", OBJECTIVE, "best_epoch")},
-        "trials": trials,
-    }
-
-
 def _close_runs(cfg: Config, space: SearchSpace, summary: dict[str, Any], folds: list[int],
                 parent: tracking.Run) -> None:  # fmt: skip
     """Final status of each trial's run (and of the stage runs a stopped trial left RUNNING)."""
     status = {"completed": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
     uri = parent.uri
     for t in summary["trials"]:
-        run = tracking.Run.open(cfg.tracking, uri, run_key=_trial_run_key(summary["name"], t["trial_id"]),
-                                run_name=f"trial {t['trial_id']}", params=_trial_params(t["params"], t["trial_id"], folds),
-                                tags=_trial_tags(summary["name"], t["trial_id"]), parent=parent)  # fmt: skip
+        run = tracking.Run.open(cfg.tracking, uri, run_key=trial_run_key(summary["name"], t["trial_id"]),
+                                run_name=f"trial {t['trial_id']}", params=trial_params(t["params"], t["trial_id"], folds),
+                                tags=trial_tags(summary["name"], t["trial_id"]), parent=parent)  # fmt: skip
         run.set_tags({"gmptl.tune.status": t["status"],
                       "gmptl.tune.stopped_early": str(t["status"] == "stopped_early").lower()})  # fmt: skip
         run.finish(status[t["status"]])
@@ -379,157 +311,3 @@ def _close_runs(cfg: Config, space: SearchSpace, summary: dict[str, Any], folds:
                 tracking.Run.open(
                     cfg.tracking, uri, run_key=key, run_name=f"{cfg.tune.stage} fold{f}"
                 ).finish("KILLED")
-
-
-def _trial_run_key(search: str, trial_id: str) -> str:
-    return f"tune-{search}-{trial_id}"
-
-
-def _trial_params(values: dict[str, Any], trial_id: str, folds: list[int]) -> dict[str, Any]:
-    return dict(values) | {"trial_id": trial_id, "tune_folds": str(folds)}
-
-
-def _trial_tags(search: str, trial_id: str) -> dict[str, str]:
-    return {"gmptl.tune.search": search, "gmptl.tune.trial_id": trial_id}
-
-
-def parallel_coordinates_png(summary: dict[str, Any], space: SearchSpace, path: Path) -> Path:
-    """One line per trial across the searched params and the score; dashed = stopped by ASHA."""
-    from gmptl.plots import pyplot, save_figure
-
-    plt = pyplot()
-    trials = [t for t in summary["trials"] if t[OBJECTIVE] is not None]
-    cols = [*space.keys, OBJECTIVE]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(cols)), 4.2))
-    scores = np.array([t[OBJECTIVE] for t in trials], float)
-    lo, hi = (scores.min(), scores.max()) if len(scores) else (0.0, 1.0)
-    cmap = plt.get_cmap("viridis")
-    for j, key in enumerate(cols):
-        ax.axvline(j, color="0.7", lw=0.8)
-        if key == OBJECTIVE:
-            labels = [f"{lo:.3f}", f"{hi:.3f}"]
-        else:
-            p = space.param(key)
-            labels = ([f"{p.low:.3g}", f"{p.high:.3g}"] if p.kind in ("loguniform", "uniform")
-                      else [v if isinstance(v, str) else json.dumps(v) for v in p.values])  # fmt: skip
-        for k, lab in enumerate(labels):
-            ax.text(j, k / max(len(labels) - 1, 1), lab, fontsize=7, ha="left", va="center")
-
-    def pos(key: str, v: Any) -> float:
-        if key == OBJECTIVE:
-            return (v - lo) / (hi - lo) if hi > lo else 0.5
-        p = space.param(key)
-        if p.kind == "loguniform":
-            return (math.log(v) - math.log(p.low)) / (math.log(p.high) - math.log(p.low))
-        if p.kind == "uniform":
-            return (v - p.low) / (p.high - p.low)
-        idx = [json.dumps(x) for x in p.values].index(json.dumps(v))
-        return idx / max(len(p.values) - 1, 1)
-
-    for t in trials:
-        ys = [pos(k, t[OBJECTIVE] if k == OBJECTIVE else t["params"][k]) for k in cols]
-        c = cmap((t[OBJECTIVE] - lo) / (hi - lo) if hi > lo else 0.5)
-        ax.plot(range(len(cols)), ys, color=c, lw=1.6, ls="--" if t["status"] == "stopped_early" else "-",
-                marker="o", ms=3, label=t["trial_id"])  # fmt: skip
-    names = [(c.split(".", 1)[-1] if c.startswith("stages.") else c)
-             + (" (log)" if c != OBJECTIVE and space.param(c).kind == "loguniform" else "") for c in cols]  # fmt: skip
-    ax.set_xticks(range(len(cols)), names,
-                  rotation=20, ha="right", fontsize=8)  # fmt: skip
-    ax.set_yticks([])
-    ax.set_ylim(-0.08, 1.08)
-    ax.set_title(f"{summary.get('name', '')}: {summary['objective']} ({summary['mode']}); dashed = stopped by ASHA",
-                 fontsize=8)  # fmt: skip
-    fig.tight_layout()
-    return save_figure(plt, fig, path)
-
-
-# ----------------------------------------------------------------------------- trial (runs in a Tune actor)
-
-
-class ForwardReports(ray.train.UserCallback):
-    """Runs in a Ray Train controller: forwards each epoch's report (rank 0's, all-reduced) to the trial."""
-
-    def __init__(self, queue: Any, fold: int):
-        self.queue = queue
-        self.fold = fold
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        numbers = {
-            k: v for k, v in metrics[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        self.queue.put((self.fold, numbers))
-
-
-def _trial(params: dict[str, Any], job: dict[str, Any]) -> None:
-    """One trial: the stage on each of the search's folds (parallel Ray Train runs), reported per epoch."""
-    from queue import Empty
-
-    from ray import tune
-    from ray.util.queue import Queue
-
-    from gmptl.data.folds import make_folds
-    from gmptl.data.manifest import read_manifest
-    from gmptl.experiment import run_experiment, select_folds
-    from gmptl.training.pipeline import train_stage
-
-    space: SearchSpace = job["space"]
-    cfg = space.apply(load_config(job["base_yaml"]), params, f"trial of {job['search']}")
-    stage, folds, name = cfg.tune.stage, job["folds"], job["search"]
-    trial_id = tune.get_context().get_trial_id()
-    run = None
-    if job["mlflow"]:
-        uri = job["mlflow"]["uri"]
-        run = tracking.Run.open(cfg.tracking, uri, run_key=_trial_run_key(name, trial_id),
-                                run_name=f"trial {trial_id}", params=_trial_params(space.decode(params), trial_id, folds),
-                                tags=_trial_tags(name, trial_id), parent=tracking.Run(uri, job["mlflow"]["parent"]))  # fmt: skip
-    if job["trial_steps"]:  # the space changes steps before the stage: this trial computes its own
-        upstream = steps.upstream(cfg, stage)
-        with locks.hold(cfg, [d for f in folds for d in steps.folders(cfg, f, upstream)]):
-            run_experiment(cfg, until=job["trial_steps"], only_folds=folds)
-    df = read_manifest(paths.manifest_path(cfg))  # the driver prepared it (and checked the folds)
-    by_index = {f.index: f for f in select_folds(make_folds(df, cfg.folds), folds)}
-    queue = Queue(actor_options={"num_cpus": 0})
-    results: dict[int, Any] = {}
-
-    def train(f: int) -> None:
-        try:
-            with locks.hold(cfg, [paths.stage_dir(cfg, f, stage)]):  # same point sampled twice: train once
-                results[f] = train_stage(cfg, df, by_index[f], stage, parent=run,
-                                         callbacks=[ForwardReports(queue, f)])  # fmt: skip
-        except BaseException as e:  # noqa: BLE001 - re-raised in the trial's thread
-            results[f] = e
-
-    threads = {f: threading.Thread(target=train, args=(f,), name=f"fold{f}", daemon=True) for f in folds}
-    for t in threads.values():
-        t.start()
-    s = getattr(cfg.stages, stage)
-    means = FoldMeans(folds, cfg.tune.metric, cfg.tune.direction, s.epochs, s.patience)
-    while True:
-        ended = {f for f, t in threads.items() if not t.is_alive()} - means.finished
-        try:  # every report a run made before its thread ended is in the queue by now
-            items = [queue.get(timeout=1.0)]
-            items += queue.get_nowait_batch(queue.qsize())
-        except Empty:
-            items = []
-        for f, m in items:
-            means.add(f, m)
-        if ended and not items:
-            for f in ended:
-                if isinstance(results.get(f), BaseException):
-                    raise SearchError(f"trial {trial_id} fold {f}: {results[f]}") from results[f]
-                means.finish(f, results[f].get("history", []))
-        if len(means.finished) == len(folds):  # before the last reports, which ASHA may answer with a stop
-            done = {"trial_id": trial_id, "params": space.decode(params), "folds": folds,
-                    "epochs": {f: max(means.epochs[f], default=0) for f in folds}}  # fmt: skip
-            marker = Path(job["folder"]) / "trials" / f"{trial_id}.json"
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps(done, indent=2) + "\n")
-        for rep in means.ready():
-            if run is not None:  # first: ASHA may end this actor inside tune.report
-                run.log_metrics({k: v for k, v in rep.items() if k != "epoch"}, step=int(rep["epoch"]))
-            tune.report(rep)
-        if len(means.finished) == len(folds):
-            break
-    queue.shutdown()
-    if run is not None:
-        run.finish()

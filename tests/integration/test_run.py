@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from proctree import kill_tree
+from short_run import SHORT_RUN
 
 from gmptl import paths
 from gmptl.cli import main
@@ -22,26 +23,15 @@ from gmptl.models.factory import load_model
 
 pytestmark = pytest.mark.integration
 
-SHORT = ["data.synth.n_utterances=40", "folds.scheme=speaker_kfold", "folds.n_folds=2",
-         "clustering.k=[4,8]", "clustering.max_frames=20000", "clustering.n_iter=3",
-         "stages.mtl.epochs=1", "stages.gmp.epochs=1", "stages.utterance.epochs=1"]  # fmt: skip
 
-
-REFERENCE: dict = {}  # the uninterrupted run's report, for the restart test below
-
-
-def test_run_end_to_end_then_cached(ray_session, tmp_path, capsys):
-    sets = [a for item in [f"output_dir={tmp_path}", *SHORT] for a in ("--set", item)]
-    assert main(["run", "jobs/demo.yaml", *sets]) == 0
-    out = capsys.readouterr().out
+def test_run_end_to_end_then_cached(short_run, capsys):
+    out, cfg = short_run.stdout, short_run.cfg
     for step in ("mtl[kfold1]", "extract[kfold1]", "cluster[kfold1]", "label[kfold1]", "gmp[kfold2]",
                  "utterance[kfold2]", "evaluate[kfold2]"):  # fmt: skip
         assert f"{step} (ran)" in out, step
     assert "mean ± std" in out and "mlflow ui --backend-store-uri sqlite:///" in out
-    cfg = load_config("jobs/demo.yaml", [f"output_dir={tmp_path}", *SHORT])
     run = paths.run_dir(cfg)
-    report = json.loads((run / "report.json").read_text())
-    REFERENCE["report"], REFERENCE["output_dir"] = report, tmp_path
+    report = short_run.report
     assert set(report) == {"labels", "folds", "war_mean", "war_std", "uar_mean", "uar_std", "confusion_sum",
                            "config_hash"}  # fmt: skip
     assert report["labels"] == ["neutral", "happy", "sad", "angry"] and len(report["folds"]) == 2
@@ -89,19 +79,34 @@ def test_run_end_to_end_then_cached(ray_session, tmp_path, capsys):
     from gmptl.tracking import resolve_uri
 
     client = MlflowClient(tracking_uri=resolve_uri(cfg))
-    runs = client.search_runs([client.get_experiment_by_name("gmptl").experiment_id])
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)  # named after the job
+    assert cfg.tracking.experiment == "gmptl-demo"
+    # opens in MLflow's model-training view, not the GenAI one
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
     parent = [r for r in runs if r.data.tags.get("gmptl.run_key", "").startswith("experiment-")]
     assert len(parent) == 1 and parent[0].data.metrics["uar_mean"] == pytest.approx(report["uar_mean"])
+    assert parent[0].info.run_name.startswith("gmptl-demo ")
+    # per-fold test results on the parent only under per-fold keys; the summary keys are the means
+    assert "test_uar" not in parent[0].data.metrics
+    for f in report["folds"]:
+        assert parent[0].data.metrics[f"fold{f['fold']}_test_uar"] == pytest.approx(f["uar"])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert sorted((r.data.tags["gmptl.stage"], r.data.tags["gmptl.fold"]) for r in children) == sorted(
         (s, f) for s in ("mtl", "gmp", "utterance") for f in ("0", "1"))  # fmt: skip
     assert {a.path for a in client.list_artifacts(parent[0].info.run_id)} >= {"report.json", "report.md"}
+    for r in children:  # each stage run names the manifest it trained on; stage 2 holds its fold's test score
+        assert [d.dataset.name for d in r.inputs.dataset_inputs] == [
+            parent[0].inputs.dataset_inputs[0].dataset.name
+        ]
+        if r.data.tags["gmptl.stage"] == "utterance":
+            fold = report["folds"][int(r.data.tags["gmptl.fold"])]
+            assert r.data.metrics["test_uar"] == pytest.approx(fold["uar"])
 
-    # the whole run again: every step from cache, in seconds
-    t0 = time.perf_counter()
-    assert main(["run", "jobs/demo.yaml", *sets]) == 0
+    # the whole run again: every step from cache
+    assert main(["run", "jobs/demo.yaml", *[a for item in short_run.sets for a in ("--set", item)]]) == 0
     again = capsys.readouterr().out
-    assert "(ran)" not in again and time.perf_counter() - t0 < 30
+    assert "(ran)" not in again
     assert json.loads((run / "report.json").read_text()) == report
 
 
@@ -112,19 +117,17 @@ def _fold_results(report: dict) -> list:
     ]
 
 
-def test_run_killed_mid_fold_then_restarted_gives_the_same_report(ray_session, tmp_path):
+def test_run_killed_mid_fold_then_restarted_gives_the_same_report(short_run, tmp_path):
     """SIGKILL the whole `gmptl run` (driver and its Ray) inside fold 0, rerun: same report as uninterrupted."""
-    if "report" not in REFERENCE:
-        pytest.skip("needs the uninterrupted run of test_run_end_to_end_then_cached")
     # Start from a copy of the uninterrupted run's folder (a moved folder keeps its caches) without fold 0's
     # stages 1 and 2 and the report: the killed run recomputes only those, which keeps this test short.
     out = tmp_path / "out"
-    shutil.copytree(REFERENCE["output_dir"], out)
+    shutil.copytree(short_run.out_dir, out)
     for stage in ("gmp", "utterance"):
         for d in [*out.glob(f"train/{stage}/*/fold0"), *out.glob(f"ray_results/{stage}-fold0-*")]:
             shutil.rmtree(d)
     shutil.rmtree(out / "runs")
-    sets = [f"output_dir={out}", *SHORT, "runtime.parallel_folds=1", "runtime.dashboard=false"]
+    sets = [f"output_dir={out}", *SHORT_RUN, "runtime.parallel_folds=1", "runtime.dashboard=false"]
     args = [a for item in sets for a in ("--set", item)]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
@@ -149,4 +152,4 @@ def test_run_killed_mid_fold_then_restarted_gives_the_same_report(ray_session, t
 
     assert main(["run", "jobs/demo.yaml", *args]) == 0
     report = json.loads((paths.run_dir(cfg) / "report.json").read_text())
-    assert _fold_results(report) == _fold_results(REFERENCE["report"])[:1]
+    assert _fold_results(report) == _fold_results(short_run.report)[:1]

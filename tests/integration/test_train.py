@@ -5,9 +5,7 @@ import pytest
 from safetensors.torch import load_file
 
 from gmptl.config import load_config
-from gmptl.data.folds import make_folds
-from gmptl.data.manifest import read_manifest
-from gmptl.experiment import step_prepare
+from gmptl.data.prepare import prepare_folds
 from gmptl.tracking import TrackingError
 from gmptl.training.pipeline import TrainingError, train_stage
 from gmptl.training.worker import FAULT_ENV
@@ -27,9 +25,8 @@ SMALL = [
 
 def _setup(tmp_path, extra=()):
     cfg = load_config("jobs/demo.yaml", [f"output_dir={tmp_path}", *SMALL, *extra])
-    manifest, _ = step_prepare(cfg, {})
-    df = read_manifest(manifest)
-    return cfg, df, make_folds(df, cfg.folds)
+    prep = prepare_folds(cfg)
+    return cfg, prep.df, prep.folds
 
 
 def _mlflow_client(cfg):
@@ -113,7 +110,7 @@ def test_worker_failure_is_retried_by_failure_config(uninterrupted, tmp_path, mo
 
 def test_missing_stage_inputs_name_the_command(tmp_path):
     cfg, df, folds = _setup(tmp_path)
-    with pytest.raises(TrainingError, match="gmptl label"):
+    with pytest.raises(TrainingError, match="step label.*gmptl run CONFIG --until label"):
         train_stage(cfg, df, folds[0], "gmp")
     with pytest.raises(TrainingError, match="--stage gmp --fold 0"):
         train_stage(cfg, df, folds[0], "utterance")

@@ -63,3 +63,66 @@ TORCH_PURE = [
 def test_torch_modules_import_neither_ray_nor_mlflow():
     out = _imported(TORCH_PURE, ("ray", "mlflow"))
     assert out == "", f"pulled in: {out[:200]}"
+
+
+# Imports point down this order (a package may import its own level and below, never above): the step
+# graph, config and small leaf modules first, the pipeline's packages in pipeline order, the
+# orchestrator, the tuner and the command line last.
+LEVELS = {
+    **dict.fromkeys(
+        ("errors", "config", "files", "paths", "steps", "runtime", "progress", "plots", "tracking"), 0
+    ),
+    "data": 1,
+    "models": 2,
+    "features": 3,
+    "clustering": 4,
+    "training": 5,
+    "evaluation": 6,
+    "inference": 6,
+    "experiment": 7,
+    "ablations": 7,
+    "tuning": 8,
+    "submit": 9,
+    "submit_client": 9,
+    "cli": 9,
+}
+
+
+def _gmptl_imports():
+    """(importing module, imported module, imported names) for every import of gmptl, also inside functions."""
+    import ast
+    from pathlib import Path
+
+    for f in sorted(Path("gmptl").rglob("*.py")):
+        mod = ".".join(f.with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gmptl":
+                names = [a.name for a in node.names]
+                if node.module == "gmptl":  # from gmptl import paths, steps
+                    for name in names:
+                        yield mod, f"gmptl.{name}", []
+                else:
+                    yield mod, node.module, names
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] == "gmptl":
+                        yield mod, a.name, []
+
+
+def _level(module: str) -> int:
+    parts = module.split(".")
+    return 0 if len(parts) == 1 else LEVELS[parts[1]]
+
+
+def test_no_import_runs_back_up():
+    upward = [f"{m} imports {t}" for m, t, _ in _gmptl_imports() if _level(t) > _level(m)]
+    assert not upward, upward
+    assert all(p.stem in LEVELS or p.name == "__init__.py" for p in __import__("pathlib").Path("gmptl").iterdir()
+               if p.suffix == ".py" or p.is_dir() and (p / "__init__.py").is_file()), "a new module needs a level"  # fmt: skip
+
+
+def test_nothing_imports_another_modules_private_name():
+    private = [
+        f"{m}: from {t} import {n}" for m, t, names in _gmptl_imports() for n in names if n.startswith("_")
+    ]
+    assert not private, private

@@ -97,3 +97,70 @@ def test_saved_config_round_trips_and_hash_tracks_changes(tmp_path):
     again = load_config(save_config(cfg, tmp_path / "resolved.yaml"))
     assert again == cfg and config_hash(again) == config_hash(cfg)
     assert config_hash(load_config(None, ["data.synth.seed=1"]).data) != config_hash(Config().data)
+
+
+def test_tilde_in_output_dir_is_the_home_folder_everywhere(monkeypatch, tmp_path):
+    from gmptl import paths, tracking
+    from gmptl.config import absolutize
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(None, ["output_dir=~/runs/x", "runtime.storage_path=~/ckpt"])
+    assert paths.output_dir(cfg) == tmp_path / "runs" / "x"
+    # the embedded MLflow store lives in output_dir, not in a folder named `~` under the working directory
+    assert tracking.resolve_uri(cfg) == f"sqlite:///{tmp_path}/runs/x/mlflow.db"
+    assert paths.storage_path(cfg) == str(tmp_path / "ckpt")
+    explicit = load_config(None, ["tracking.uri=sqlite:///~/m.db"])
+    assert tracking.resolve_uri(explicit) == f"sqlite:///{tmp_path}/m.db"
+    absolute = absolutize(load_config(None, ["output_dir=~/o", "data.corpus=iemocap", "data.root=rel/corpus",
+                                             "tracking.uri=http://mlflow:5000", "runtime.storage_path=s3://b/c"]))  # fmt: skip
+    assert absolute.output_dir == str(tmp_path / "o")
+    assert Path(absolute.data.root).is_absolute() and absolute.data.root.endswith("rel/corpus")
+    assert absolute.tracking.uri == "http://mlflow:5000" and absolute.runtime.storage_path == "s3://b/c"
+
+
+def test_derive_validates_and_names_the_key():
+    from gmptl.config import derive
+
+    base = load_config(None, ["stages.utterance.lr=0.001"])
+    assert derive(base, {"stages.utterance.lr": 1e-4}).stages.utterance.lr == 1e-4
+    assert base.stages.utterance.lr == 0.001  # the base is left as it was
+    with pytest.raises(ConfigError, match=r"ablation 'x': .*stages\.utterance\.marginn"):
+        derive(base, {"stages.utterance.marginn": 0.1}, "ablation 'x'")
+    with pytest.raises(ConfigError, match=r"stages\.nope.*not a config section"):
+        derive(base, {"stages.nope.lr": 0.1})
+    with pytest.raises(ConfigError, match="stages.utterance.lr"):
+        derive(base, {"stages.utterance.lr": "fast"})
+
+
+def test_one_yaml_reader_names_file_and_line(tmp_path):
+    from gmptl.config import read_yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text("stages:\n  utterance:\n    lr: 1e-4\n")
+    assert read_yaml(p)["stages"]["utterance"]["lr"] == 1e-4  # YAML 1.2: a float, not a string
+    p.write_text("stages:\n  utterance:\n    lr: [1e-4\n")
+    with pytest.raises(ConfigError, match=re.escape(str(p)) + r", line \d+: not valid YAML"):
+        read_yaml(p)
+    p.write_bytes("output_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=re.escape(str(p)) + ": not UTF-8"):
+        load_config(p)
+    p.write_bytes(b"\xef\xbb\xbfoutput_dir: out/x\n")  # a byte-order mark is not part of the first key
+    assert load_config(p).output_dir == "out/x"
+
+
+def test_an_unknown_key_from_set_is_blamed_on_set():
+    with pytest.raises(ConfigError, match="--set: unknown config key 'foo'"):
+        load_config("jobs/demo.yaml", ["foo.bar=1"])
+
+
+@pytest.mark.parametrize("key", ["stages.utterance.lr", "stages.utterance.scale", "stages.mtl.crop_s"])
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_non_finite_values_are_rejected(key, value):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_a_seed_listed_twice_is_rejected():
+    with pytest.raises(ConfigError, match=r"seeds=\[0, 0\] lists a seed twice"):
+        load_config(None, ["seeds=[0, 0]"])
+    assert load_config(None, ["seeds=[0, 1]"]).seeds == [0, 1]

@@ -85,3 +85,14 @@ def test_best_epoch_tracking_and_early_stopping():
     low: dict = {}
     assert [track_best(low, e, s, "min") for e, s in enumerate([2.0, 1.5, 1.7], 1)] == [True, True, False]
     assert low["best_epoch"] == 2 and not should_stop(low, 2)
+
+
+def test_a_non_finite_loss_stops_before_the_weights_change():
+    stage, model = _setup()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    batch = _batch(torch.arange(0, 4))
+    batch["wave"][0, 100] = float("nan")  # one corrupt sample
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(FloatingPointError, match=r"training loss is nan .*stages.<stage>.lr"):
+        run_epoch(model, [batch], stage, torch.device("cpu"), optimizer=opt)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

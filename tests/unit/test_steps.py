@@ -99,3 +99,14 @@ def test_unknown_step_is_a_config_error():
 
     with pytest.raises(ConfigError, match="unknown step 'nope'"):
         steps.needed(load_config(DEMO), "nope")
+
+
+def test_every_step_body_resolves_to_a_function():
+    import importlib
+
+    for step in steps.GRAPH:
+        if step.kind == "setup":
+            assert step.body is None
+            continue
+        module, _, func = step.body.partition(":")
+        assert callable(getattr(importlib.import_module(module), func)), step.name

@@ -13,11 +13,11 @@ from gmptl.submit import (
     SubmitError,
     build_entrypoint,
     check_cluster_paths,
-    dashboard_url,
     job_config,
     stage_arg_files,
     stage_working_dir,
 )
+from gmptl.submit_client import dashboard_url
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,7 +91,7 @@ def test_staging_ships_code_and_config_but_no_data_caches_or_secrets(fake_repo, 
 def test_staging_the_real_repo_leaves_out_its_outputs(tmp_path):
     cfg = job_config(load_config(REPO / "jobs/demo.yaml", [f"output_dir={tmp_path}"]))
     st = stage_working_dir(cfg, REPO, tmp_path / "wd", "demo.yaml")
-    assert {"gmptl/cli.py", "gmptl/submit.py", "jobs/demo.yaml", "pyproject.toml"} <= set(st.files)
+    assert {"gmptl/cli/__main__.py", "gmptl/submit.py", "jobs/demo.yaml", "pyproject.toml"} <= set(st.files)
     assert all(
         f.split("/")[0] in ("gmptl", "jobs", "tune_spaces", "pyproject.toml", "gmptl_job") for f in st.files
     )

@@ -6,18 +6,21 @@ import json
 
 import click
 
+from gmptl.cli.options import config_argument, load_for_steps, set_option
+
 
 @click.command()
-@click.argument("config_file", type=click.Path(dir_okay=False))
+@config_argument()
 @click.option("--space", "space_file", required=True, type=click.Path(dir_okay=False),
               help="Search-space YAML (see tune_spaces/README.md).")  # fmt: skip
 @click.option("--samples", type=int, default=None, help="Trials (tune.num_samples).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@set_option
 def tune(config_file: str, space_file: str, samples: int | None, sets: tuple[str, ...]) -> None:
     """Search hyperparameters of one stage with Ray Tune + ASHA; rerun to continue an interrupted search."""
     from gmptl.tuning.search import run_search
     from gmptl.tuning.trials import OBJECTIVE
 
+    load_for_steps(config_file, sets)  # the search's log file
     out = run_search(config_file, space_file, list(sets), samples)
     s = out.summary
     click.echo(

@@ -1,14 +1,12 @@
-"""The ``gmptl predict`` and ``gmptl export`` subcommands (registered in ``gmptl.cli``).
-
-Thin wrappers, like every subcommand: parse options, call one library function,
-print the results or where they went. Heavy imports happen inside the commands.
-"""
+"""``gmptl predict`` and ``gmptl export``: emotion of audio files with a trained model, and the model folder."""
 
 from __future__ import annotations
 
 import json
 
 import click
+
+from gmptl.cli.options import config_option, load, set_option
 
 _positive = click.FloatRange(min=0, min_open=True)
 
@@ -36,10 +34,8 @@ _positive = click.FloatRange(min=0, min_open=True)
 )
 @click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="--out: GPUs per actor (0 = CPU).")  # fmt: skip
-@click.option(
-    "--config", "config", type=click.Path(dir_okay=False), help="YAML config (runtime.* for --out)."
-)
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@config_option("YAML config (runtime.* for --out).")
+@set_option
 def predict_command(inputs, model_dir, window_s, hop_s, max_chunk_s, png_dir, out, device, num_workers,  # noqa: ANN001
                     num_cpus_per_worker, num_gpus_per_worker, config, sets) -> None:  # fmt: skip
     """Emotion of audio files (whole file and frame track): one JSON line per file, or Parquet with --out.
@@ -52,11 +48,10 @@ def predict_command(inputs, model_dir, window_s, hop_s, max_chunk_s, png_dir, ou
     files = list_inputs(inputs)
     skipped: list[Skipped] = []
     if out is not None:
-        from gmptl.config import load_config
         from gmptl.inference.pipeline import predict_to_parquet
 
         res = predict_to_parquet(
-            model_dir, files, out, load_config(config, list(sets)).runtime, options, png_dir,
+            model_dir, files, out, load(config, sets).runtime, options, png_dir,
             num_workers, num_cpus_per_worker, num_gpus_per_worker,
         )  # fmt: skip
         skipped = res.skipped

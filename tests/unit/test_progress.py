@@ -1,0 +1,54 @@
+"""Terminal output: progress lines from the training workers reach stderr; every worker line reaches the log."""
+
+import threading
+
+from gmptl import progress
+
+
+class FakeDispatcher:
+    """The shape of Ray's driver-side dispatcher of worker output."""
+
+    def __init__(self):
+        self.handlers = [("ray_print_logs", lambda data: print("RAY:", *data["lines"]))]
+
+    def add_handler(self, name, handler):
+        self.handlers.append((name, handler))
+
+    def remove_handler(self, name):
+        self.handlers = [h for h in self.handlers if h[0] != name]
+
+    def emit(self, data):
+        for _, h in self.handlers:
+            h(data)
+
+
+def test_worker_output_goes_to_the_log_and_progress_to_stderr(tmp_path, capsys):
+    log = tmp_path / "run" / "gmptl.log"
+    progress.capture_worker_output(log, echo_all=False)
+    d = FakeDispatcher()
+    threads = [threading.Thread(target=progress.install_on, args=(d,)) for _ in range(4)]  # fold threads race
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [name for name, _ in d.handlers] == ["gmptl_worker_output"]  # Ray's printer replaced, once
+    line = progress.epoch_line("mtl", 1, 4, {"epoch": 2, "train_loss": 1.25, "val_uar": 0.5, "best_score": 0.5,
+                                              "best_epoch": 2}, "val_uar")  # fmt: skip
+    d.emit({"pid": 7, "actor_name": "RayTrainWorker", "is_err": False,
+            "lines": ["Reporting training result 2: TrainingReport(...)", line]})  # fmt: skip
+    out = capsys.readouterr()
+    assert (
+        out.err.strip()
+        == "mtl       fold 1  epoch   2/4  train_loss 1.2500  val_uar 0.500  (best 0.500 @ epoch 2)"
+    )
+    assert "TrainingReport" not in out.out + out.err
+    text = log.read_text()
+    assert "(RayTrainWorker pid=7) Reporting training result 2" in text and progress.PREFIX in text
+
+
+def test_verbose_echoes_every_worker_line(tmp_path, capsys):
+    progress.capture_worker_output(tmp_path / "v.log", echo_all=True)
+    d = FakeDispatcher()
+    progress.install_on(d)
+    d.emit({"pid": 8, "task_name": "evaluate_model", "is_err": True, "lines": ["Loading weights"]})
+    assert "(evaluate_model pid=8) Loading weights" in capsys.readouterr().err
