@@ -78,8 +78,21 @@ class _ConsoleFilter(logging.Filter):
         return record.name.startswith("gmptl") or record.levelno >= logging.WARNING
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (tests and tools swap it; a handler that
+    kept the stream of its creation would write to a closed one)."""
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     if not verbose:
         handler.addFilter(_ConsoleFilter())

@@ -97,7 +97,9 @@ def test_restart_with_same_run_name_resumes_and_equals_uninterrupted(uninterrupt
     assert client.get_run(resumed["mlflow_run_id"]).info.status == "FINISHED"
     steps = sorted({x.step for x in client.get_metric_history(resumed["mlflow_run_id"], "train_loss")})
     assert steps == [1, 2]
-    assert len(client.search_runs([client.get_experiment_by_name("gmptl").experiment_id])) == 1
+    assert (
+        len(client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])) == 1
+    )
 
 
 def test_worker_failure_is_retried_by_failure_config(uninterrupted, tmp_path, monkeypatch):
