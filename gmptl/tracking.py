@@ -98,6 +98,16 @@ def experiment_id(uri: str, name: str) -> str:
     raise TrackingError(f"could not create or find MLflow experiment {name!r} at {uri}")
 
 
+def ui_url(uri: str, experiment: str, port: int = 5000) -> str:
+    """The experiment's runs in the MLflow UI served on 127.0.0.1:``port``, in its model-training view.
+
+    MLflow 3's UI opens every experiment in its GenAI view (traces) unless the browser has chosen
+    otherwise; ``workflowType=machine_learning`` in the address picks the runs table (and is remembered).
+    """
+    base = uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id(uri, experiment)}?workflowType=machine_learning"
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Dotted keys -> string values (MLflow parameters), e.g. ``stages.gmp.lr``."""
     out: dict[str, str] = {}

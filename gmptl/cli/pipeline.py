@@ -59,15 +59,18 @@ def run(
     if out.report is not None:
         from gmptl import paths
         from gmptl.evaluation.report import table
-        from gmptl.tracking import resolve_uri
+        from gmptl.tracking import resolve_uri, ui_url
 
         click.echo("\ntest speakers (speaker-independent folds):\n" + table(out.report))
         click.echo(f"\nreport:  {paths.run_dir(cfg) / 'report.md'}")
         if cfg.tracking.enabled:
             uri = resolve_uri(cfg)
-            click.echo(
-                f"mlflow:  {uri}\n  open:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+            serve = (
+                ""
+                if uri.startswith(("http://", "https://"))
+                else (f"\n  open:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n  then:")
             )
+            click.echo(f"mlflow:  {uri}{serve} {ui_url(uri, cfg.tracking.experiment)}")
 
 
 @click.command()

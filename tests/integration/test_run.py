@@ -32,6 +32,7 @@ def test_run_end_to_end(short_run):
                  "utterance[kfold2]", "evaluate[kfold2]"):  # fmt: skip
         assert f"{step} (ran)" in out, step
     assert "mean ± std" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "?workflowType=machine_learning" in out  # the link opens the runs table, not the GenAI view
     run = paths.run_dir(cfg)
     report = short_run.report
     assert set(report) == {"labels", "folds", "war_mean", "war_std", "uar_mean", "uar_std", "confusion_sum",
