@@ -387,6 +387,13 @@ class RuntimeConfig(_Section):
         description="Folds trained at once; null = as many as the cluster's CPUs (and GPUs) hold, each "
         "fold's training needing the largest stage's num_workers x num_cpus_per_worker (1 = one after another).",
     )
+    actor_restarts: int = Field(
+        3,
+        ge=0,
+        description="How often a Ray Data actor (extraction, labels, batch prediction) that died (out of "
+        "memory, a lost node) is restarted and its task retried before the step fails with the error; Ray's "
+        "own default retries for ever, so an actor that dies on the same file every time would never end.",
+    )
 
 
 class TrackingConfig(_Section):

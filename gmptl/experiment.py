@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gmptl import paths, steps
+from gmptl import locks, paths, steps
 from gmptl.config import STAGE_NAMES, Config, config_hash, derive, save_config, to_dict
 from gmptl.data.folds import Fold, fold_table
 from gmptl.data.prepare import Prepared, prepare_folds
@@ -105,7 +105,9 @@ def run_experiment(
             raise ConfigError(f"until={name!r}: expected one of {steps.names()}")
     status: dict[str, str] = {}
     save_config(cfg, paths.resolved_config_path(cfg))
-    prep = prepare_folds(cfg, status)
+    # Another `gmptl run` on this output_dir waits for the corpus and manifest, then finds them cached.
+    with locks.hold(cfg, [paths.corpus_root(cfg), paths.manifest_path(cfg).parent]):
+        prep = prepare_folds(cfg, status)
     folds = select_folds(prep.folds, only_folds)
     todo = [steps.get(n) for n in plan(cfg, until) if steps.get(n).kind != "setup"]
     if todo:
@@ -123,13 +125,20 @@ def run_experiment(
         for step in todo:
             key = step.name if step.shared(c) else f"{step.name}[{tag}]"
             ctx = steps.StepContext(c, prep.df, fold, step.name, parent)
+            # The step's folder is locked while it runs: a second process (another run on this output_dir,
+            # a Tune trial) waits, then finds the step cached instead of writing the same files.
+            folder = steps.folders(c, fold.index, [step.name])
             if step.kind == "data":
-                with lock:  # each data step spreads over the whole cluster: one job at a time
+                with (
+                    lock,
+                    locks.hold(c, folder),
+                ):  # a data step spreads over the whole cluster: one job at a time
                     status.setdefault(key, "cached" if step.done(c, fold.index) else "ran")
                     got[step.name] = step.run(ctx)
             else:
-                done = step.done(c, fold.index)
-                got[step.name] = step.run(ctx)
+                with locks.hold(c, folder):
+                    done = step.done(c, fold.index)
+                    got[step.name] = step.run(ctx)
                 status[key] = "cached" if done else "ran"
         return got
 

@@ -81,6 +81,11 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
     log.debug("ray resources: %s", ray.cluster_resources())
 
 
+def actor_fault_bounds(cfg: RuntimeConfig) -> dict[str, int]:
+    """Ray remote options that bound an actor pool's restarts and task retries (``runtime.actor_restarts``)."""
+    return {"max_restarts": cfg.actor_restarts, "max_task_retries": cfg.actor_restarts}
+
+
 def stage_demand(cfg: Config, stages: Iterable[str]) -> tuple[float, float]:
     """(CPUs, GPUs) one Ray Train run of the largest of ``stages`` holds: its workers x per-worker resources."""
     sections = [getattr(cfg.stages, s) for s in stages]

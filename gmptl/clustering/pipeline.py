@@ -144,104 +144,112 @@ def fit_codebooks(
         Actor.remote(str(features_folder), p, layer, s, [cfg.seed, i], gpu)
         for i, (p, s) in enumerate(zip(parts, shares, strict=True))
     ]
-    counts = ray.get([a.count.remote() for a in actors])
-    n_loaded = sum(c for c, _ in counts)
-    log.info(
-        "k-means: %d of %d training frames loaded on %d actors (layer %d)",
-        n_loaded,
-        total,
-        len(actors),
-        layer,
-    )
-    if n_loaded < max(cfg.k):
-        raise ValueError(
-            f"only {n_loaded} training frames for K={max(cfg.k)}: lower clustering.k or add data"
+    # Killed however the fit ends: an error, or a Tune trial stopped mid-fit, must not leave actors
+    # holding their frames (and CPUs) for the rest of the session.
+    try:
+        counts = ray.get([a.count.remote() for a in actors])
+        n_loaded = sum(c for c, _ in counts)
+        log.info(
+            "k-means: %d of %d training frames loaded on %d actors (layer %d)",
+            n_loaded,
+            total,
+            len(actors),
+            layer,
         )
-
-    def stats_of(c: np.ndarray) -> kmeans.PartialStats:
-        ref = ray.put(np.ascontiguousarray(c, dtype=np.float32))
-        return kmeans.merge(ray.get([a.partial_stats.remote(ref) for a in actors]))
-
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "layer": layer,
-        "n_train_frames": total,
-        "n_fit_frames": n_loaded,
-        "codebooks": {},
-    }
-    for k in cfg.k:
-        rng = np.random.default_rng([cfg.seed, k])
-        t_seed = time.perf_counter()
-        n_seed = min(n_loaded, max(cfg.init_points_per_centroid * k, cfg.init_min_points))
-        # The seeding sample stays on the actors, each holding its share (k-means++ needs points,
-        # not statistics): the driver only sees candidate rows and potentials, and each step's
-        # (pruned) distance computations run on every actor at once.
-        sizes = ray.get(
-            [
-                a.start_seeding.remote(round(n_seed * c / n_loaded) + 1, [cfg.seed, k, i])
-                for i, (a, (c, _)) in enumerate(zip(actors, counts, strict=True))
-            ]
-        )
-
-        def call(method: str, args: list[tuple]) -> list:
-            return ray.get([a.seeding_call.remote(method, *ar) for a, ar in zip(actors, args, strict=True)])
-
-        seed_examined, seed_potentials = None, []
-        if cfg.init == "random":
-            picked = np.sort(rng.choice(sum(sizes), size=k, replace=False))
-            centroids = kmeans.shard_rows(call, sizes, picked)
-        else:
-            trials = 2 + int(np.log(k)) if cfg.init == "greedy-kmeans++" else 1
-            centroids = kmeans.kmeanspp_seed(
-                call,
-                sizes,
-                k,
-                rng,
-                n_local_trials=trials,
-                starts=cfg.init_starts,
-                on_start=seed_potentials.append,
+        if n_loaded < max(cfg.k):
+            raise ValueError(
+                f"only {n_loaded} training frames for K={max(cfg.k)}: lower clustering.k or add data"
             )
-            log.info(
-                "k=%d seeding potential of each start: %s", k, ", ".join(f"{p:.6g}" for p in seed_potentials)
-            )
-            examined, full = np.sum(call("pruning", [()] * len(actors)), axis=0)
-            seed_examined = float(examined / max(full, 1))
-        t_k = time.perf_counter()
-        centroids, history = kmeans.iterate(
-            stats_of,
-            centroids,
-            cfg.n_iter,
-            rng,
-            on_iter=lambda r, k=k: log.info(
-                "k=%d iter %d objective %.6g imbalance %.3f reseeded %d",
-                k,
-                r["iter"],
-                r["objective"],
-                r["imbalance"],
-                r["n_reseeded"],
-            ),  # fmt: skip
-            tol=cfg.tol,
-        )
-        final = stats_of(centroids)
-        files.save_npy(out / paths.centroids_file(layer, k), centroids)
-        report["codebooks"][str(k)] = {
-            "file": paths.centroids_file(layer, k),
-            "history": history,
-            "final_objective": final.inertia,
-            "final_imbalance": kmeans.imbalance(final.counts),
-            "clusters_used": int((final.counts > 0).sum()),
-            "n_iter_run": len(history),
-            "seed_sample": int(sum(sizes)),
-            # Share of the rows a seeding step examined (the rest were pruned; only the last start's).
-            "seed_rows_examined": seed_examined,
-            "seed_potentials": seed_potentials,  # per start, on the seeding sample; the lowest is kept
-            "seed_s": t_k - t_seed,
-            "fit_s": time.perf_counter() - t_k,
+
+        def stats_of(c: np.ndarray) -> kmeans.PartialStats:
+            ref = ray.put(np.ascontiguousarray(c, dtype=np.float32))
+            return kmeans.merge(ray.get([a.partial_stats.remote(ref) for a in actors]))
+
+        out.mkdir(parents=True, exist_ok=True)
+        report: dict[str, Any] = {
+            "layer": layer,
+            "n_train_frames": total,
+            "n_fit_frames": n_loaded,
+            "codebooks": {},
         }
-    # Memory sizing for a cluster: what the largest actor needed for its share of the frames.
-    report["actor_peak_rss_mb"] = ray.get([a.peak_rss_mb.remote() for a in actors])
-    for a in actors:
-        ray.kill(a)
+        for k in cfg.k:
+            rng = np.random.default_rng([cfg.seed, k])
+            t_seed = time.perf_counter()
+            n_seed = min(n_loaded, max(cfg.init_points_per_centroid * k, cfg.init_min_points))
+            # The seeding sample stays on the actors, each holding its share (k-means++ needs points,
+            # not statistics): the driver only sees candidate rows and potentials, and each step's
+            # (pruned) distance computations run on every actor at once.
+            sizes = ray.get(
+                [
+                    a.start_seeding.remote(round(n_seed * c / n_loaded) + 1, [cfg.seed, k, i])
+                    for i, (a, (c, _)) in enumerate(zip(actors, counts, strict=True))
+                ]
+            )
+
+            def call(method: str, args: list[tuple]) -> list:
+                return ray.get(
+                    [a.seeding_call.remote(method, *ar) for a, ar in zip(actors, args, strict=True)]
+                )
+
+            seed_examined, seed_potentials = None, []
+            if cfg.init == "random":
+                picked = np.sort(rng.choice(sum(sizes), size=k, replace=False))
+                centroids = kmeans.shard_rows(call, sizes, picked)
+            else:
+                trials = 2 + int(np.log(k)) if cfg.init == "greedy-kmeans++" else 1
+                centroids = kmeans.kmeanspp_seed(
+                    call,
+                    sizes,
+                    k,
+                    rng,
+                    n_local_trials=trials,
+                    starts=cfg.init_starts,
+                    on_start=seed_potentials.append,
+                )
+                log.info(
+                    "k=%d seeding potential of each start: %s",
+                    k,
+                    ", ".join(f"{p:.6g}" for p in seed_potentials),
+                )
+                examined, full = np.sum(call("pruning", [()] * len(actors)), axis=0)
+                seed_examined = float(examined / max(full, 1))
+            t_k = time.perf_counter()
+            centroids, history = kmeans.iterate(
+                stats_of,
+                centroids,
+                cfg.n_iter,
+                rng,
+                on_iter=lambda r, k=k: log.info(
+                    "k=%d iter %d objective %.6g imbalance %.3f reseeded %d",
+                    k,
+                    r["iter"],
+                    r["objective"],
+                    r["imbalance"],
+                    r["n_reseeded"],
+                ),  # fmt: skip
+                tol=cfg.tol,
+            )
+            final = stats_of(centroids)
+            files.save_npy(out / paths.centroids_file(layer, k), centroids)
+            report["codebooks"][str(k)] = {
+                "file": paths.centroids_file(layer, k),
+                "history": history,
+                "final_objective": final.inertia,
+                "final_imbalance": kmeans.imbalance(final.counts),
+                "clusters_used": int((final.counts > 0).sum()),
+                "n_iter_run": len(history),
+                "seed_sample": int(sum(sizes)),
+                # Share of the rows a seeding step examined (the rest were pruned; only the last start's).
+                "seed_rows_examined": seed_examined,
+                "seed_potentials": seed_potentials,  # per start, on the seeding sample; the lowest is kept
+                "seed_s": t_k - t_seed,
+                "fit_s": time.perf_counter() - t_k,
+            }
+        # Memory sizing for a cluster: what the largest actor needed for its share of the frames.
+        report["actor_peak_rss_mb"] = ray.get([a.peak_rss_mb.remote() for a in actors])
+    finally:
+        for a in actors:
+            ray.kill(a)
     report["wall_s"] = time.perf_counter() - t0
     report["config"] = to_dict(cfg)
     files.write_json(out / paths.KMEANS_JSON, report)
@@ -293,7 +301,7 @@ def assign_labels(
     """
     import ray
 
-    from gmptl.runtime import ensure_ray
+    from gmptl.runtime import actor_fault_bounds, ensure_ray
 
     ensure_ray(runtime)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +318,7 @@ def assign_labels(
         compute=ray.data.ActorPoolStrategy(size=min(cfg.num_workers, len(shards))),
         num_cpus=cfg.num_cpus_per_worker,
         **({"num_gpus": cfg.num_gpus_per_worker} if cfg.num_gpus_per_worker > 0 else {}),
+        **actor_fault_bounds(runtime),
     )  # fmt: skip
     for _ in ds.iter_rows():
         pass

@@ -153,7 +153,7 @@ def extract_features(
     """Encode every manifest utterance into ``folder`` (see module docstring); resumable."""
     import ray
 
-    from gmptl.runtime import ensure_ray
+    from gmptl.runtime import actor_fault_bounds, ensure_ray
 
     t0 = time.perf_counter()
     folder = Path(folder)
@@ -176,6 +176,7 @@ def extract_features(
         n_workers = min(_n_workers(features_cfg), len(todo))
         _check_cpu_budget(features_cfg, n_workers)
         remote_args: dict[str, Any] = {"num_cpus": features_cfg.num_cpus_per_worker}
+        remote_args |= actor_fault_bounds(runtime_cfg)
         if features_cfg.num_gpus_per_worker > 0:
             remote_args["num_gpus"] = features_cfg.num_gpus_per_worker
         if FAULT_ENV in os.environ:

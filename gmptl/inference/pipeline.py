@@ -132,7 +132,7 @@ def predict_to_parquet(
     from ray.data.expressions import col
 
     from gmptl.inference.predict import check_model_folder
-    from gmptl.runtime import ensure_ray
+    from gmptl.runtime import actor_fault_bounds, ensure_ray
 
     t0 = time.perf_counter()
     out = Path(out).expanduser().absolute()
@@ -142,7 +142,7 @@ def predict_to_parquet(
     ensure_ray(runtime_cfg)
     n_workers = min(_n_workers(num_workers, num_cpus_per_worker, num_gpus_per_worker),
                     -(-len(inputs) // files_per_batch))  # fmt: skip
-    remote_args: dict[str, Any] = {"num_cpus": num_cpus_per_worker}
+    remote_args: dict[str, Any] = {"num_cpus": num_cpus_per_worker} | actor_fault_bounds(runtime_cfg)
     if num_gpus_per_worker > 0:
         remote_args["num_gpus"] = num_gpus_per_worker
     items = [{"path": str(i.path), "name": i.name} for i in inputs]

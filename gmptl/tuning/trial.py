@@ -18,10 +18,9 @@ from typing import Any
 
 import ray.train
 
-from gmptl import paths, steps, tracking
+from gmptl import locks, paths, steps, tracking
 from gmptl.config import load_config
 from gmptl.errors import GmptlError
-from gmptl.tuning import locks
 from gmptl.tuning.space import SearchSpace
 from gmptl.tuning.trials import FoldMeans
 

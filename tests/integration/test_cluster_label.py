@@ -110,3 +110,20 @@ def test_labels_match_frame_counts_for_every_utterance(extracted, tmp_path):
     with pytest.raises(ValueError, match=f"utterance {last}: "):
         ls.get(last, 4)
     assert json.loads((tmp / "feats" / "extract.json").read_text())["n_utterances"] == 30
+
+
+def test_a_failed_fit_leaves_no_actor_holding_cpus(extracted, tmp_path):
+    import time
+
+    import ray
+
+    tmp, cfg, df, fold = extracted
+    train = fold.select(df, "train").utt_id.tolist()
+    free = ray.available_resources().get("CPU", 0.0)
+    too_many = cfg.clustering.model_copy(update={"k": [4, 10**7], "max_frames": 10**8})
+    with pytest.raises(ValueError, match="training frames for K=10000000"):
+        fit_codebooks(tmp / "feats", train, 2, too_many, cfg.runtime, tmp_path / "c")
+    deadline = time.monotonic() + 30  # ray.kill is asynchronous
+    while ray.available_resources().get("CPU", 0.0) < free and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0.0) >= free  # the actors' CPUs came back

@@ -80,3 +80,21 @@ def test_actor_killed_mid_run_loses_and_duplicates_nothing(ray_session, setup, t
     assert res.n_utterances == 20
     counts = index.groupby(["utt_id", "layer"]).size()
     assert (counts == 1).all() and len(counts) == 40  # every utterance exactly once, per layer
+
+
+def test_actor_restarts_and_retries_are_bounded(ray_session, setup, tmp_path, monkeypatch):
+    """Ray Data's default restarts a dying actor and retries its task for ever; the pool gets the config's bound."""
+    import ray
+
+    _, cfg, df = setup
+    seen = {}
+
+    def capture(self, fn, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after planning")
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", capture)
+    bounded = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"actor_restarts": 2})})
+    with pytest.raises(RuntimeError, match="stop after planning"):
+        run(bounded, df, tmp_path / "f")
+    assert seen["max_restarts"] == 2 and seen["max_task_retries"] == 2

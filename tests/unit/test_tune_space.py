@@ -212,7 +212,7 @@ def test_space_and_trial_bookkeeping_import_no_ray_mlflow_or_torch():
     import sys
 
     code = (
-        "import sys, gmptl.tuning.space, gmptl.tuning.trials, gmptl.tuning.locks, gmptl.cli.tune\n"
+        "import sys, gmptl.tuning.space, gmptl.tuning.trials, gmptl.locks, gmptl.cli.tune\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'torch'))))\n"
     )
     out = subprocess.run(

@@ -1,4 +1,5 @@
-"""Cache locks: two concurrent trials never compute the same cached step folder at once.
+"""Cache locks: two processes (two `gmptl run` on one output_dir, two Tune trials) never compute the same
+cached step folder at once.
 
 Every step output (a stage's model folder, a fold's features, codebooks, labels) lives
 under a folder keyed by the hash of the config that produced it (``gmptl.paths``), so
@@ -28,11 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def lock_file(cfg: Config, folder: Path) -> Path:
-    """The lock of a cache folder: ``<output_dir>/tune/locks/<hash of its path>.lock`` (outside the cache)."""
+    """The lock of a cache folder: ``<output_dir>/locks/<hash of its path>.lock`` (outside the cache)."""
     rel = str(folder.relative_to(paths.output_dir(cfg))) if folder.is_relative_to(paths.output_dir(cfg)) else str(folder)  # fmt: skip
-    return (
-        paths.output_dir(cfg) / "tune" / "locks" / (hashlib.sha256(rel.encode()).hexdigest()[:20] + ".lock")
-    )
+    return paths.output_dir(cfg) / "locks" / (hashlib.sha256(rel.encode()).hexdigest()[:20] + ".lock")
 
 
 @contextlib.contextmanager
@@ -47,7 +46,7 @@ def hold(cfg: Config, folders: list[Path]) -> Iterator[None]:
                 fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 t0 = time.monotonic()
-                log.info("waiting for another trial computing %s", folder)
+                log.info("waiting for another process computing %s", folder)
                 fcntl.lockf(fh, fcntl.LOCK_EX)
                 log.info("got %s after %.1f s", folder, time.monotonic() - t0)
         yield
