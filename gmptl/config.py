@@ -602,8 +602,14 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _parse_scalar(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader) if text.strip() else ""
+def _parse_scalar(text: str, item: str = "") -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader) if text.strip() else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(
+            f"--set {item!r}: the value is not valid YAML ({problem}); quote it, e.g. --set 'key=\"{text}\"'"
+        ) from None
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> str:
@@ -613,7 +619,7 @@ def _apply_override(tree: dict[str, Any], item: str) -> str:
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise ConfigError(f"--set {item!r}: {key!r} is not a dotted config key such as folds.scheme")
-    _put(tree, key, _parse_scalar(raw), f"--set {item!r}")
+    _put(tree, key, _parse_scalar(raw, item), f"--set {item!r}")
     return key
 
 

@@ -98,6 +98,17 @@ def experiment_id(uri: str, name: str) -> str:
     raise TrackingError(f"could not create or find MLflow experiment {name!r} at {uri}")
 
 
+def best_effort(what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+    """Call an MLflow client function whose failure must not stop the work (an outage outlasting the
+    client's own retries): on an error log a warning naming ``what`` and return False."""
+    try:
+        fn(*args, **kwargs)
+        return True
+    except Exception as e:  # noqa: BLE001 - MLflow raises many types (HTTP, database, OS)
+        log.warning("MLflow did not take %s (%s); the work goes on, its results are on disk", what, e)
+        return False
+
+
 def ui_url(uri: str, experiment: str, port: int = 5000) -> str:
     """The experiment's runs in the MLflow UI served on 127.0.0.1:``port``, in its model-training view.
 

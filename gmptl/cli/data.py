@@ -28,9 +28,7 @@ def synth(
     """Write the synthetic emotional-speech corpus in the IEMOCAP raw-release layout."""
     from gmptl.data.synth import synthesize_corpus
 
-    extra = [f"data.synth.n_utterances={n_utterances}"] if n_utterances is not None else []
-    extra += [f"data.synth.seed={seed}"] if seed is not None else []
-    cfg = load(config, sets, extra)
+    cfg = load(config, sets, {"data.synth.n_utterances": n_utterances, "data.synth.seed": seed})
     res = synthesize_corpus(out, cfg.data.synth)
     click.echo(
         f"wrote {res.n_utterances} utterances ({res.hours * 60:.1f} min, {res.n_changing} change emotion "
@@ -52,11 +50,8 @@ def prepare(corpus, root, out, as_json, on_bad_audio, max_bad_fraction, config, 
     """Build the manifest (Parquet) of a corpus, checking every label line and audio file."""
     from gmptl.data.prepare import prepare_manifest
 
-    extra = [f"data.corpus={corpus}"] if corpus else []
-    extra += [f"data.root={root}"] if root else []
-    extra += [f"data.on_bad_audio={on_bad_audio}"] if on_bad_audio else []
-    extra += [f"data.max_bad_fraction={max_bad_fraction}"] if max_bad_fraction is not None else []
-    cfg = load(config, sets, extra)
+    cfg = load(config, sets, {"data.corpus": corpus, "data.root": root, "data.on_bad_audio": on_bad_audio,
+                              "data.max_bad_fraction": max_bad_fraction})  # fmt: skip
     if not cfg.data.root:
         raise click.UsageError("--root is required (the corpus folder)")
     res = prepare_manifest(cfg.data, Path(cfg.data.root), Path(out), full_config=cfg)

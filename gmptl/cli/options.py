@@ -34,9 +34,12 @@ def config_option(help: str = "YAML config file.") -> Callable[[F], F]:
     return click.option("--config", "config", type=click.Path(dir_okay=False), help=help)
 
 
-def load(config: str | None, sets: tuple[str, ...], extra: list[str] | None = None) -> Config:
-    """``config`` with the ``--set`` overrides, then ``extra`` (overrides a command's own options make)."""
-    return load_config(config, list(sets) + (extra or []))
+def load(config: str | None, sets: tuple[str, ...], options: dict[str, Any] | None = None) -> Config:
+    """``config``, then the values of a command's own options (dotted key -> value, taken as they are:
+    ``--root '/data/c #1'`` stays that path), then the ``--set`` overrides."""
+    return load_config(
+        config, list(sets), updates={k: v for k, v in (options or {}).items() if v is not None}
+    )
 
 
 def load_for_steps(config: str | None, sets: tuple[str, ...]) -> Config:

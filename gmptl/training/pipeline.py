@@ -189,6 +189,22 @@ def train_stage(
     return _finish(cfg, stage, fold, out, result, metric, mode, labels, job, run, run_name)
 
 
+def _close_stage_run(run: tracking.Run, out: Path, figures: dict[str, str], best_epoch: int) -> None:
+    """Log the finished stage's artifacts and end its MLflow run: FINISHED, or FAILED when MLflow did not
+    take them (the stage is done either way; a run left RUNNING for ever would read as still training)."""
+
+    def log_all() -> None:
+        run.log_artifact(out / "config.yaml")
+        run.log_artifact(out / paths.STAGE_JSON)
+        for f in figures.values():
+            run.log_artifact(f)
+        run.log_artifact(out / "best", "best_model")
+        run.set_tags({"gmptl.best_epoch": str(best_epoch)})
+
+    ok = tracking.best_effort(f"the artifacts of {out}", log_all)
+    tracking.best_effort(f"the end of run {run.run_id}", run.finish, "FINISHED" if ok else "FAILED")
+
+
 def _best(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
     pairs = [(c, m) for c, m in (result.best_checkpoints or []) if m and m.get("score") is not None]
     if not pairs:
@@ -254,13 +270,7 @@ def _finish(cfg: Config, stage: str, fold: Fold, out: Path, result: Any, metric:
     save_config(cfg, out / "config.yaml")
     files.write_json(out / paths.STAGE_JSON, manifest)
     if run:
-        run.log_artifact(out / "config.yaml")
-        run.log_artifact(out / paths.STAGE_JSON)
-        for f in figures.values():
-            run.log_artifact(f)
-        run.log_artifact(out / "best", "best_model")
-        run.set_tags({"gmptl.best_epoch": str(best["epoch"])})
-        run.finish()
+        _close_stage_run(run, out, figures, best["epoch"])
     log.info("stage %s fold %d: best epoch %d, %s=%.4f -> %s", stage, fold.index, best["epoch"], metric,
              best["score"], out)  # fmt: skip
     return manifest

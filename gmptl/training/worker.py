@@ -121,7 +121,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
 
     run = None
     if rank == 0 and job.get("mlflow"):
-        from gmptl.tracking import Run
+        from gmptl.tracking import Run, best_effort
 
         run = Run(job["mlflow"]["uri"], job["mlflow"]["run_id"])
 
@@ -173,7 +173,9 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         state.setdefault("history", []).append({k: v for k, v in m.items() if isinstance(v, (int, float))})
         m["val_confusion"] = val_stats.confusion.tolist() if val_stats.confusion is not None else []
         if run is not None:
-            run.log_metrics({k: v for k, v in m.items() if isinstance(v, (int, float))}, step=epoch)
+            # The epoch's metrics also go to Ray Train's results and stage.json: an MLflow outage loses nothing.
+            best_effort(f"epoch {epoch}'s metrics", run.log_metrics,
+                        {k: v for k, v in m.items() if isinstance(v, (int, float))}, step=epoch)  # fmt: skip
         if rank == 0:
             print(epoch_line(job["stage"], job["fold"], stage_cfg.epochs, m, metric), flush=True)
             with tempfile.TemporaryDirectory() as tmp:

@@ -164,3 +164,16 @@ def test_a_seed_listed_twice_is_rejected():
     with pytest.raises(ConfigError, match=r"seeds=\[0, 0\] lists a seed twice"):
         load_config(None, ["seeds=[0, 0]"])
     assert load_config(None, ["seeds=[0, 1]"]).seeds == [0, 1]
+
+
+def test_a_malformed_set_value_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError, match=r"--set 'clustering.k=\[64, 512': the value is not valid YAML"):
+        load_config(None, ["clustering.k=[64, 512"])
+
+
+def test_command_options_are_values_not_yaml(tmp_path, capsys):
+    from gmptl.cli import main
+
+    root = tmp_path / "c #1"  # YAML would read `/…/c #1` as `/…/c` (the rest a comment)
+    rc = main(["prepare", "--corpus", "iemocap", "--root", str(root), "--out", str(tmp_path / "m.parquet")])
+    assert rc != 0 and "c #1" in capsys.readouterr().err
