@@ -27,6 +27,23 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     return path
 
 
+def read_marker(path: str | Path) -> Any | None:
+    """The JSON of a step's done-marker, or None when the step is not done: the file is missing, empty
+    or not JSON (a marker written by something other than :func:`write_json`, or a damaged disk): the
+    step then runs again instead of failing on it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text) if text.strip() else None
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        import logging
+
+        logging.getLogger(__name__).warning("%s is unreadable (%s): its step runs again", path, e)
+        return None
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gmptl import paths
+from gmptl import files, paths
 from gmptl.config import Config
 from gmptl.errors import ConfigError
 
@@ -63,7 +63,10 @@ class Step:
         """Whether the step's outputs for ``fold`` exist (its marker was written)."""
         if self.folder is None or self.marker is None:
             return False
-        return (self.folder(cfg, fold) / self.marker).is_file()
+        path = self.folder(cfg, fold) / self.marker
+        if path.suffix == ".json":  # an empty or damaged marker means "not done"
+            return files.read_marker(path) is not None
+        return path.is_file()
 
     def run(self, ctx: StepContext) -> Any:
         """Import and call the step's body."""

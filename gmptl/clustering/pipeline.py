@@ -343,7 +343,7 @@ def cluster_layer(cfg: Config) -> int:
 
 
 def _done(folder: Path, marker: str) -> dict[str, Any] | None:
-    return json.loads((folder / marker).read_text()) if (folder / marker).is_file() else None
+    return files.read_marker(folder / marker)
 
 
 def cluster_step(ctx: Any) -> dict[str, Any]:

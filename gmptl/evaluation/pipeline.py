@@ -32,8 +32,8 @@ def evaluate_step(ctx: Any) -> dict[str, Any]:
 
     cfg, df, fold = ctx.cfg, ctx.df, ctx.fold
     out = paths.test_dir(cfg, fold.index)
-    if (out / paths.TEST_JSON).is_file():
-        return json.loads((out / paths.TEST_JSON).read_text())
+    if (done := files.read_marker(out / paths.TEST_JSON)) is not None:
+        return done
     s = cfg.stages.utterance
     test = fold.select(df, "test")
     labels = class_names(df)

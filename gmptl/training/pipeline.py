@@ -113,9 +113,9 @@ def train_stage(
     if stage not in steps.train_stages():
         raise TrainingError(f"--stage {stage!r}: expected one of {steps.train_stages()}")
     out = paths.stage_dir(cfg, fold.index, stage)
-    if (out / paths.STAGE_JSON).is_file():
+    if (done := files.read_marker(out / paths.STAGE_JSON)) is not None:
         log.info("stage %s fold %d: finished before (%s)", stage, fold.index, out)
-        return json.loads((out / paths.STAGE_JSON).read_text())
+        return done
     s = getattr(cfg.stages, stage)
     init_dir, labels_dir = _upstream(cfg, fold, stage)
     labels = class_names(df)

@@ -89,6 +89,9 @@ def test_missing_inputs_name_the_step_that_makes_them(tmp_path):
     assert steps.missing_inputs(cfg, "mtl", 0) == []
     marker = steps.get("label").folder(cfg, 0) / "labels.json"
     marker.parent.mkdir(parents=True)
+    for damaged in ("", "{\"layer\": 1"):  # a 0-byte marker (killed write, full disk) or half of one
+        marker.write_text(damaged)
+        assert steps.missing_inputs(cfg, "gmp", 0) == ["label"]  # not done: recomputed, never a crash
     marker.write_text("{}")
     assert steps.missing_inputs(cfg, "gmp", 0) == []
     assert steps.folders(cfg, 0, ["folds", "label"]) == [marker.parent]
