@@ -240,6 +240,9 @@ def extract_step(ctx: Any) -> ExtractResult:
         model_cfg = ModelConfig(backbone=str(model_dir / BACKBONE_DIR), offline=True)
         rows = df[fold.part_of(df).to_numpy() != ""]
         index = fold.index
+    # verify: every cached shard's checksum is checked before k-means and labels read it (a damaged
+    # one is recomputed); hashing costs seconds per GB, far less than clustering on corrupt frames.
     return extract_features(
-        rows, model_cfg, cfg.features, cfg.runtime, paths.features_dir(cfg, index), cfg.data.sample_rate_hz
-    )
+        rows, model_cfg, cfg.features, cfg.runtime, paths.features_dir(cfg, index), cfg.data.sample_rate_hz,
+        verify=True,
+    )  # fmt: skip

@@ -89,7 +89,7 @@ def test_missing_inputs_name_the_step_that_makes_them(tmp_path):
     assert steps.missing_inputs(cfg, "mtl", 0) == []
     marker = steps.get("label").folder(cfg, 0) / "labels.json"
     marker.parent.mkdir(parents=True)
-    for damaged in ("", "{\"layer\": 1"):  # a 0-byte marker (killed write, full disk) or half of one
+    for damaged in ("", '{"layer": 1'):  # a 0-byte marker (killed write, full disk) or half of one
         marker.write_text(damaged)
         assert steps.missing_inputs(cfg, "gmp", 0) == ["label"]  # not done: recomputed, never a crash
     marker.write_text("{}")
@@ -113,3 +113,15 @@ def test_every_step_body_resolves_to_a_function():
             continue
         module, _, func = step.body.partition(":")
         assert callable(getattr(importlib.import_module(module), func)), step.name
+
+
+def test_the_extract_step_verifies_shard_checksums_before_clustering_reads_them(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from gmptl.features import pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "extract_features", lambda *a, **k: seen.update(k))
+    cfg = load_config(DEMO, ["features.source=pretrained", f"output_dir={tmp_path}"])
+    pipeline.extract_step(SimpleNamespace(cfg=cfg, df=None, fold=SimpleNamespace(index=0)))
+    assert seen["verify"] is True
