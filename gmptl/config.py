@@ -90,6 +90,17 @@ class DataConfig(_Section):
     max_bad_fraction: float = Field(
         0.01, ge=0.0, lt=1.0, description="With `skip`, fail anyway when more than this fraction is bad."
     )
+    min_duration_s: float = Field(
+        0.1,
+        ge=0.0,
+        description="Shorter audio files are bad audio (checked from the header in prepare and when audio is "
+        "read); one frame of the model is 0.025 s.",
+    )
+    max_duration_s: float | None = Field(
+        60.0,
+        gt=0.0,
+        description="Longer audio files are bad audio (a clip is encoded whole); null = no limit.",
+    )
     num_workers: int = Field(0, ge=0, description="Threads that decode audio in prepare; 0 = one per CPU.")
     synth: SynthConfig = Field(default_factory=SynthConfig)
 
@@ -149,6 +160,7 @@ class FoldsConfig(_Section):
 
 PRESETS = ("tiny", "base", "large")
 PRESET_DEPTH = {"tiny": 4, "base": 12, "large": 24}
+PRESET_SAMPLE_RATE_HZ = 16000  # every preset is a HuBERT / wav2vec 2.0 / WavLM layout for 16 kHz audio
 
 
 class ModelConfig(_Section):
@@ -567,6 +579,12 @@ class Config(_Section):
             )
         if max(self.clustering.k) > self.clustering.max_frames:
             raise ValueError(f"clustering.max_frames={self.clustering.max_frames} is below the largest K")
+        if self.model.backbone in PRESETS and self.data.sample_rate_hz != PRESET_SAMPLE_RATE_HZ:
+            raise ValueError(
+                f"data.sample_rate_hz={self.data.sample_rate_hz}: the {self.model.backbone!r} preset's CNN is "
+                f"built for {PRESET_SAMPLE_RATE_HZ} Hz audio (its frames would not be 20 ms apart); set "
+                f"data.sample_rate_hz={PRESET_SAMPLE_RATE_HZ} (audio is resampled when read)"
+            )
         depth = PRESET_DEPTH.get(self.model.backbone)
         if depth is not None and max(self.features.layers) > depth:
             raise ValueError(

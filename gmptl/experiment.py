@@ -103,6 +103,9 @@ def run_experiment(
     for name in [until] if isinstance(until, str) else until:
         if name not in steps.names():
             raise ConfigError(f"until={name!r}: expected one of {steps.names()}")
+    from gmptl.models.backbone import check_sample_rate
+
+    check_sample_rate(cfg.model, cfg.data.sample_rate_hz)
     status: dict[str, str] = {}
     save_config(cfg, paths.resolved_config_path(cfg))
     # Another `gmptl run` on this output_dir waits for the corpus and manifest, then finds them cached.

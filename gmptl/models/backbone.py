@@ -9,6 +9,7 @@ entry, so ``hidden_states[depth]`` is the normalised output of the last layer.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -137,6 +138,23 @@ def n_frames(model: PreTrainedModel, n_samples: int | torch.Tensor) -> torch.Ten
 def uses_attention_mask(model: PreTrainedModel) -> bool:
     """Group-norm CNNs (HuBERT/wav2vec2 base) were trained without one: transformers advises zero-padding only."""
     return model.config.feat_extract_norm == "layer"
+
+
+def check_sample_rate(cfg: ModelConfig, sample_rate_hz: int) -> None:
+    """A saved model folder that records its audio rate (``preprocessor_config.json``) must match
+    ``data.sample_rate_hz`` (presets are checked when the config loads)."""
+    meta = Path(cfg.backbone).expanduser() / "preprocessor_config.json"
+    if cfg.backbone in PRESETS or not meta.is_file():
+        return
+    try:
+        rate = json.loads(meta.read_text()).get("sampling_rate")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.backbone={cfg.backbone}: {meta.name} is unreadable ({e})") from None
+    if rate is not None and int(rate) != sample_rate_hz:
+        raise ConfigError(
+            f"data.sample_rate_hz={sample_rate_hz}, but model.backbone={cfg.backbone} was trained on {rate} Hz "
+            f"audio ({meta}); set data.sample_rate_hz={rate}"
+        )
 
 
 def backbone_config(cfg: ModelConfig, init_dir: str | Path | None = None) -> PretrainedConfig:

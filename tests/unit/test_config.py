@@ -177,3 +177,19 @@ def test_command_options_are_values_not_yaml(tmp_path, capsys):
     root = tmp_path / "c #1"  # YAML would read `/…/c #1` as `/…/c` (the rest a comment)
     rc = main(["prepare", "--corpus", "iemocap", "--root", str(root), "--out", str(tmp_path / "m.parquet")])
     assert rc != 0 and "c #1" in capsys.readouterr().err
+
+
+def test_the_sample_rate_must_match_the_backbone(tmp_path):
+    from gmptl.models.backbone import check_sample_rate
+
+    with pytest.raises(
+        ConfigError, match="data.sample_rate_hz=8000: the 'tiny' preset's CNN is built for 16000 Hz"
+    ):
+        load_config(None, ["model.backbone=tiny", "data.sample_rate_hz=8000"])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "preprocessor_config.json").write_text('{"sampling_rate": 16000}')
+    cfg = load_config(None, [f"model.backbone={folder}", "data.sample_rate_hz=22050"])
+    with pytest.raises(ConfigError, match=r"was trained on 16000 Hz audio .*set data.sample_rate_hz=16000"):
+        check_sample_rate(cfg.model, cfg.data.sample_rate_hz)
+    check_sample_rate(cfg.model, 16000)
