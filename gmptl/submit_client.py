@@ -93,6 +93,18 @@ def _explicit_address() -> Iterator[None]:
         os.environ.update(saved)
 
 
+# What to do when the job server wants Ray's token (RAY_AUTH_MODE=token on the cluster, docs: cluster/README.md).
+TOKEN_HINT = (
+    "the cluster requires Ray's authentication token: run with RAY_AUTH_MODE=token and the cluster's token in "
+    "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (cluster/README.md, 'Authentication')"
+)
+
+
+def _auth_hint(e: BaseException) -> str:
+    text = f"{type(e).__name__} {e}"
+    return f"; {TOKEN_HINT}" if "Authentication" in text or "Unauthorized" in text or "Forbidden" in text else ""
+
+
 def connect(address: str, timeout_s: float = 5.0) -> Any:
     """A ``JobSubmissionClient`` for ``address`` (checked: reachable and a Ray job server)."""
     url = dashboard_url(address)
@@ -103,6 +115,8 @@ def connect(address: str, timeout_s: float = 5.0) -> Any:
         try:
             return JobSubmissionClient(url)
         except Exception as e:  # ConnectionError, RuntimeError (version check), AuthenticationError
+            if hint := _auth_hint(e):
+                raise SubmitError(f"--address {url}: {type(e).__name__}{hint}") from None
             raise SubmitError(
                 f"--address {url}: not a usable Ray job server ({type(e).__name__}: {e}); pass the head's "
                 "dashboard URL, e.g. --address http://HEAD:8265"
@@ -115,7 +129,7 @@ def call(what: str, address: str, fn: Any, *args: Any) -> Any:
         return fn(*args)
     except Exception as e:  # the SDK raises RuntimeError for HTTP errors, ConnectionError, ...
         text = str(e)
-        hint = f"; list the jobs with `gmptl jobs list --address {address}`" if "404" in text else ""
+        hint = f"; list the jobs with `gmptl jobs list --address {address}`" if "404" in text else _auth_hint(e)
         raise SubmitError(f"{what} failed on {address}: {text}{hint}") from None
 
 

@@ -337,6 +337,9 @@ def literal_secret_values(node: Any, path: str = "") -> list[str]:
         if isinstance(name, str) and SECRET_NAME.search(name) and isinstance(node.get("value"), str):
             found.append(f"{path}: env {name} has a literal value")
         for k, v in node.items():
+            # file_mounts maps a node path to a local path: a token file is copied, never written here
+            if path == ".file_mounts":
+                continue
             if isinstance(k, str) and SECRET_NAME.search(k) and isinstance(v, str | int) and v != "":
                 found.append(f"{path}.{k} is a literal")
             found += literal_secret_values(v, f"{path}.{k}")
@@ -480,3 +483,30 @@ def test_checks_fail_on_broken_manifests():
         "non-root",
     ):
         assert expected in found
+
+
+@pytest.mark.parametrize("provider", sorted(LAUNCHERS))
+def test_launcher_clusters_require_rays_token(provider):
+    """Every Ray process of a launched cluster, and its job drivers, run with RAY_AUTH_MODE=token and one token."""
+    cfg = yaml.safe_load(LAUNCHERS[provider].read_text())
+    starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
+    assert "-e RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
+    assert cfg["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}  # the same token on every node
+
+
+def test_kuberay_clusters_require_rays_token():
+    rc = by_kind(load_all(KUBERAY / "raycluster.yaml"), "RayCluster")
+    rj = by_kind(load_all(KUBERAY / "rayjob.yaml"), "RayJob")
+    assert rc["spec"]["authOptions"] == {"mode": "token"}
+    assert rj["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+
+
+def test_a_job_server_that_wants_the_token_says_how_to_pass_it():
+    from gmptl.submit_client import TOKEN_HINT, _auth_hint
+
+    class AuthenticationError(Exception):
+        pass
+
+    assert _auth_hint(AuthenticationError("Unauthorized: Missing authentication token")) == f"; {TOKEN_HINT}"
+    assert _auth_hint(ConnectionError("refused")) == ""
