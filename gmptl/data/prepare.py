@@ -7,12 +7,14 @@ item with its reason, deliberate exclusions, loader notes) and
 
 Bad input policy (``data.on_bad_audio``): ``error`` stops at the first bad item,
 naming its file and line; ``skip`` leaves bad items out, lists them, and still
-fails when more than ``data.max_bad_fraction`` of the candidates are bad.
+fails when more than ``data.max_bad_fraction`` of the candidates are bad. Audio
+outside the bounds (a native sample rate outside 4..384 kHz, a duration outside
+``data.min_duration_s``..``data.max_duration_s``) is bad audio, found from the
+file's header before it is decoded.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -23,7 +25,7 @@ from typing import Any
 
 from gmptl import files
 from gmptl.config import Config, DataConfig, config_hash, save_config
-from gmptl.data.audio import AudioError, inspect_audio
+from gmptl.data.audio import AudioBounds, AudioError, inspect_audio
 from gmptl.data.corpora import LabelMapper, get_corpus
 from gmptl.data.manifest import BadItem, Summary, Utterance, summarize, to_frame, write_manifest
 from gmptl.errors import BadInputError
@@ -65,7 +67,19 @@ def _check_ids_and_paths(records: list[Utterance], root: Path, bad: list[BadItem
             )
             continue
         # resolve() follows symlinks: a link that leaves the corpus is caught too.
-        if not Path(r.path).resolve().is_relative_to(root_resolved):
+        try:
+            resolved = Path(r.path).resolve()
+        except (RuntimeError, OSError):  # RuntimeError: Python < 3.13's "Symlink loop"
+            bad.append(
+                BadItem(
+                    where,
+                    f"path {r.path} is a symlink loop (the link points, through others, back at itself)",
+                    r.source_line,
+                    r.utt_id,
+                )
+            )
+            continue
+        if not resolved.is_relative_to(root_resolved):
             bad.append(
                 BadItem(where, f"path {r.path} is outside the corpus root {root}", r.source_line, r.utt_id)
             )
@@ -74,9 +88,9 @@ def _check_ids_and_paths(records: list[Utterance], root: Path, bad: list[BadItem
     return kept
 
 
-def _measure(record: Utterance) -> Utterance | BadItem:
+def _measure(record: Utterance, bounds: AudioBounds) -> Utterance | BadItem:
     try:
-        info = inspect_audio(record.path)
+        info = inspect_audio(record.path, bounds)  # header checked against the bounds before decoding
     except AudioError as e:
         if e.reason == "missing file" and record.source_file and record.source_line is not None:
             return BadItem(
@@ -107,6 +121,7 @@ def prepare_manifest(
         raise BadInputError(
             f"corpus root {root} is not a folder; set data.root (or --root) to the corpus folder"
         )
+    bounds = AudioBounds.from_config(data)
     spec = get_corpus(data.corpus)
     mapper = LabelMapper.for_corpus(data, spec)
     loaded = spec.load(data, root, mapper)
@@ -118,7 +133,7 @@ def prepare_manifest(
     workers = data.num_workers or min(8, os.cpu_count() or 1)
     kept: list[Utterance] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for item in pool.map(_measure, records):
+        for item in pool.map(lambda r: _measure(r, bounds), records):
             if isinstance(item, BadItem):
                 bad.append(item)
                 if data.on_bad_audio == "error":
@@ -189,27 +204,20 @@ class Prepared:
 
 
 def ensure_synthetic_corpus(cfg: Config, root: Path) -> str:
-    """Generate the synthetic corpus unless ``root`` already holds one with the same settings."""
-    from gmptl.config import to_dict
-    from gmptl.data.corpora.iemocap import read_synthetic_marker
-    from gmptl.data.synth import synthesize_corpus
-    from gmptl.errors import ConfigError
+    """Generate the synthetic corpus unless ``root`` already holds one with the same settings.
 
-    marker = read_synthetic_marker(root)
-    wanted = to_dict(cfg.data.synth)
-    if marker is not None:
-        found = {k: marker.get(k) for k in wanted}
-        if found == wanted:
-            return "cached"
-        raise ConfigError(
-            f"data.root={root} holds a synthetic corpus made with {found}, but data.synth is {wanted}; "
-            f"point data.root elsewhere or leave it unset (the default folder is keyed on data.synth)"
-        )
-    if root.exists() and any(root.iterdir()):
-        raise ConfigError(
-            f"data.root={root} is not empty and is not a synthetic corpus; refusing to write into it"
-        )
-    res = synthesize_corpus(root, cfg.data.synth)
+    A folder holding anything else (another synthetic corpus, a real IEMOCAP copy) is a ConfigError.
+    """
+    from gmptl.data.synth import synthesize_corpus
+
+    res = synthesize_corpus(
+        root,
+        cfg.data.synth,
+        name="data.root",
+        hint="point data.root elsewhere or leave it unset (the default folder is keyed on data.synth)",
+    )
+    if res.cached:
+        return "cached"
     log.info("synthesised %d utterances (%.2f h) into %s", res.n_utterances, res.hours, root)
     return "ran"
 
@@ -230,9 +238,10 @@ def prepare_folds(cfg: Config, status: dict[str, str] | None = None) -> Prepared
         status["synth"] = ensure_synthetic_corpus(cfg, root)
     manifest = paths.manifest_path(cfg)
     report = report_path_for(manifest)
-    if manifest.is_file() and report.is_file():
+    done = files.read_marker(report) if manifest.is_file() else None
+    if done is not None:
         status["prepare"] = "cached"
-        summary = json.loads(report.read_text())["summary"]
+        summary = done["summary"]
     else:
         status["prepare"] = "ran"
         summary = prepare_manifest(cfg.data, root, manifest, full_config=cfg).summary.as_dict()

@@ -23,13 +23,23 @@ Outputs under ``out``::
     Session{n}/sentences/wav/<dialog>/<utt_id>.wav      16 kHz mono PCM-16
     gmptl_segments.jsonl                                  {"utt_id", "segments": [{"start_s","end_s","emotion"}]}
     gmptl_synthetic.json                                  the settings (marks the folder as synthetic)
+
+``out`` must be missing, empty, or hold the same corpus already (then nothing is written): the
+file names are IEMOCAP's own, so a real copy is never written into. The corpus is written to a
+temporary sibling folder and renamed into place at the end: a killed run leaves no half corpus
+at ``out`` (its temporary folder is removed by the next run on the same machine).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass
+import os
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +47,10 @@ import soundfile as sf
 from scipy.signal import lfilter, sosfilt
 
 from gmptl.config import SynthConfig, to_dict
-from gmptl.data.corpora.iemocap import SYNTHETIC_MARKER
+from gmptl.data.corpora.iemocap import SYNTHETIC_MARKER, read_synthetic_marker
+from gmptl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16000
 EMOTIONS = ("neutral", "happy", "sad", "angry")
@@ -231,14 +244,114 @@ class SynthResult:
     root: Path
     n_utterances: int
     n_changing: int
-    n_clipped: int
+    n_clipped: int | None  # None when the corpus was there already
     hours: float
+    cached: bool = False  # True: ``root`` already held this corpus and nothing was written
 
 
-def synthesize_corpus(out: str | Path, cfg: SynthConfig) -> SynthResult:
-    """Write the corpus described in the module docstring; deterministic in ``cfg``."""
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+def holds_synthetic_corpus(
+    root: Path, cfg: SynthConfig, name: str = "--out", hint: str | None = None
+) -> bool:
+    """Whether ``root`` already holds the corpus ``cfg`` describes (False: it is missing or empty).
+
+    Raises:
+        ConfigError: ``root`` holds a synthetic corpus with other settings, anything else (a real
+            IEMOCAP copy has the same file names), or is a file. ``name`` is what the user set
+            (``--out``, ``data.root``), ``hint`` how to fix a settings mismatch.
+    """
+    label = f"{name} {root}" if name.startswith("-") else f"{name}={root}"
+    try:
+        marker = read_synthetic_marker(root)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{label}: its {SYNTHETIC_MARKER} is unreadable ({e}); delete the folder or choose another"
+        ) from None
+    wanted = to_dict(cfg)
+    if marker is not None:
+        found = {k: marker.get(k) for k in wanted}
+        if found == wanted:
+            return True
+        raise ConfigError(
+            f"{label} holds a synthetic corpus made with {found}, but data.synth is {wanted}; "
+            f"{hint or f'write it to another folder ({name})'}"
+        )
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{label} is a file, not a folder; choose a new or empty folder")
+    if root.is_dir() and any(root.iterdir()):
+        raise ConfigError(
+            f"{label} is not empty and holds no synthetic corpus (no {SYNTHETIC_MARKER}); refusing to write "
+            f"into it: choose a new or empty folder"
+        )
+    return False
+
+
+def _existing(root: Path, cfg: SynthConfig) -> SynthResult:
+    """The counts of a corpus already written (from its segments file, when that is intact)."""
+    try:
+        segments = read_segments(root)
+    except (OSError, ValueError, KeyError, TypeError):
+        segments = {}
+    hours = sum(s[-1][1] for s in segments.values() if s) / 3600
+    n_changing = sum(len(s) > 1 for s in segments.values())
+    return SynthResult(root, cfg.n_utterances, n_changing, None, hours, cached=True)
+
+
+_PARTIAL = ".partial-"
+
+
+def _partial_prefix(root: Path) -> str:
+    return f".{root.name}{_PARTIAL}{socket.gethostname()}-"
+
+
+def _remove_dead_partials(root: Path) -> None:
+    """Temporary folders of this corpus that a killed run on this machine left beside ``root``."""
+    prefix = _partial_prefix(root)
+    for p in root.parent.glob(f"{prefix}*"):
+        pid = p.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by a synthesis that did not finish", p)
+            shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's process)
+
+
+def synthesize_corpus(
+    out: str | Path, cfg: SynthConfig, name: str = "--out", hint: str | None = None
+) -> SynthResult:
+    """Write the corpus described in the module docstring; deterministic in ``cfg``.
+
+    Nothing is written when ``out`` holds this corpus already (``cached`` is then True); a folder
+    holding anything else is refused (:func:`holds_synthetic_corpus`, whose ``name`` and ``hint``
+    word the error).
+    """
+    root = Path(out).absolute()
+    if holds_synthetic_corpus(root, cfg, name, hint):
+        log.info("%s already holds this synthetic corpus; nothing written", root)
+        return replace(_existing(root, cfg), root=Path(out))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(root)
+    tmp = root.parent / f"{_partial_prefix(root)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        res = _write_corpus(tmp, cfg)
+        try:
+            os.replace(tmp, root)  # atomic; replaces an empty folder
+        except OSError:
+            if not holds_synthetic_corpus(root, cfg, name, hint):  # raises unless a concurrent run won
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return replace(_existing(root, cfg), root=Path(out))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return replace(res, root=Path(out))
+
+
+def _write_corpus(root: Path, cfg: SynthConfig) -> SynthResult:
     speakers = make_speakers(cfg)
     n_spk = len(speakers)
     # Balanced emotions per speaker, shuffled with the seed.

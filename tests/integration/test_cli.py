@@ -67,44 +67,6 @@ def test_config_keys_and_resolved_config(capsys):
     assert "scheme: lospk" in capsys.readouterr().out
 
 
-def test_run_demo_config_then_cached(tmp_path, ray_session, capsys):
-    # In this process on the session's Ray: a subprocess would pay for its own Ray start (the console entry
-    # point is covered by test_prepare_json_prints_exactly_one_object and the kill test of test_run.py).
-    small = [
-        f"output_dir={tmp_path}",
-        "data.synth.n_utterances=40",
-        "clustering.k=[4,8]",
-        "clustering.n_iter=3",
-        "folds.scheme=speaker_kfold",  # 2 folds instead of the demo's 3 keep this test short
-        "folds.n_folds=2",
-        "features.source=pretrained",  # k-means on model.backbone: no stage-0 training in this test
-    ]
-    sets = [a for item in small for a in ("--set", item)]
-    assert main(["run", "jobs/demo.yaml", "--until", "label", *sets]) == 0
-    first = capsys.readouterr().out
-    steps = (
-        "synth (ran), prepare (ran), folds (ran), extract (ran), cluster[kfold1] (ran), label[kfold1] (ran)"
-    )
-    assert steps in first and "label[kfold2] (ran)" in first
-    assert "utterances: 40" in first and "Session3" in first
-    assert main(["run", "jobs/demo.yaml", "--until", "label", *sets]) == 0
-    second = capsys.readouterr().out
-    assert "steps: synth (cached), prepare (cached), folds (cached), extract (cached)" in second
-    assert "(ran)" not in second
-    for step in ("cluster", "label"):  # each step runs alone from the config (here: all cached)
-        assert main([step, "jobs/demo.yaml", *sets]) == 0
-        alone = capsys.readouterr().out
-        assert f"{step}[kfold2] (cached)" in alone and f"{step} outputs, fold 1: {tmp_path}" in alone
-    assert (tmp_path / "config.yaml").is_file()
-    folds = json.loads(next((tmp_path / "folds").glob("*/folds.json")).read_text())
-    assert len(folds["folds"]) == 2 and sum(f["n_test"] for f in folds["folds"]) == 40
-    labels = json.loads(next((tmp_path / "labels").glob("*/fold0/labels.json")).read_text())
-    assert set(labels["quality"]) == {"4", "8"} and {"purity", "nmi"} <= set(labels["quality"]["8"]["train"])
-    # A changed config gets its own folders, never the stale result.
-    assert main(["extract", "jobs/demo.yaml", *sets, "--set", "data.synth.seed=1"]) == 0
-    assert "shards: 1 (1 computed, 0 cached" in capsys.readouterr().out
-
-
 def test_synth_command(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "c"), "--n", "16", "--seed", "2"]) == 0
     assert "wrote 16 utterances" in capsys.readouterr().out

@@ -107,6 +107,27 @@ def test_run_end_to_end(short_run):
             assert r.data.metrics["test_uar"] == pytest.approx(fold["uar"])
 
 
+def test_single_steps_run_alone_from_the_cache(short_run, capsys):
+    """`gmptl cluster|label` and `run --until` on a finished run recompute nothing; a changed config does."""
+    out_dir, sets = short_run.out_dir, [a for item in short_run.sets for a in ("--set", item)]
+    assert "utterances: 40" in short_run.stdout and "kfold2" in short_run.stdout
+    assert main(["run", "jobs/demo.yaml", "--until", "label", *sets]) == 0
+    again = capsys.readouterr().out
+    assert "steps: synth (cached), prepare (cached), folds (cached)" in again and "(ran)" not in again
+    for step in ("cluster", "label"):
+        assert main([step, "jobs/demo.yaml", *sets]) == 0
+        alone = capsys.readouterr().out
+        assert f"{step}[kfold2] (cached)" in alone and f"{step} outputs, fold 1: {out_dir}" in alone
+    folds = json.loads(next((out_dir / "folds").glob("*/folds.json")).read_text())
+    assert len(folds["folds"]) == 2 and sum(f["n_test"] for f in folds["folds"]) == 40
+    labels = json.loads(next((out_dir / "labels").glob("*/fold0/labels.json")).read_text())
+    assert set(labels["quality"]) == {"4", "8"} and {"purity", "nmi"} <= set(labels["quality"]["8"]["train"])
+    # A changed config gets its own folders, never the stale result (features of model.backbone: no training).
+    changed = ["--set", "data.synth.seed=1", "--set", "features.source=pretrained"]
+    assert main(["extract", "jobs/demo.yaml", *sets, *changed]) == 0
+    assert "shards: 1 (1 computed, 0 cached" in capsys.readouterr().out
+
+
 def _fold_results(report: dict) -> list:
     return [
         {k: f[k] for k in ("fold", "test_speakers", "n_test", "war", "uar", "confusion")}

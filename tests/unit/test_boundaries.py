@@ -70,7 +70,8 @@ def test_torch_modules_import_neither_ray_nor_mlflow():
 # orchestrator, the tuner and the command line last.
 LEVELS = {
     **dict.fromkeys(
-        ("errors", "config", "files", "locks", "paths", "steps", "runtime", "progress", "plots", "tracking"), 0
+        ("errors", "config", "files", "locks", "paths", "steps", "runtime", "progress", "plots", "tracking"),
+        0,
     ),
     "data": 1,
     "models": 2,

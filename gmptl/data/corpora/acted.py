@@ -12,7 +12,6 @@ None of the three has sessions: use folds.scheme lospk or speaker_kfold.
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -24,7 +23,9 @@ from gmptl.data.corpora.base import (
     add_label,
     glob_named,
     parse_gender,
+    read_rows,
     register_corpus,
+    type_error,
 )
 from gmptl.data.manifest import BadItem, Utterance
 
@@ -87,19 +88,16 @@ def _read_cremad_demographics(path: Path, result: LoadResult) -> dict[str, str]:
     if not path.is_file():
         result.bad.append(BadItem(str(path), "CREMA-D demographics CSV not found (set data.metadata_file)"))
         return genders
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"ActorID", "Sex"} <= set(reader.fieldnames):
-            result.bad.append(
-                BadItem(str(path), f"expected columns ActorID and Sex, found {reader.fieldnames}")
-            )
-            return genders
-        for lineno, row in enumerate(reader, start=2):
-            g = parse_gender(row["Sex"] or "")
-            if g is None:
-                result.bad.append(BadItem(str(path), f"Sex {row['Sex']!r} is not Male/Female", line=lineno))
-                continue
-            genders[row["ActorID"].strip()] = g
+    for lineno, row in read_rows(path, result, columns=("ActorID", "Sex")):
+        wrong = type_error(row, text=("ActorID", "Sex"))
+        if wrong or not row.get("ActorID"):
+            result.bad.append(BadItem(str(path), wrong or "malformed line: empty ['ActorID']", line=lineno))
+            continue
+        g = parse_gender(row.get("Sex") or "")
+        if g is None:
+            result.bad.append(BadItem(str(path), f"Sex {row.get('Sex')!r} is not Male/Female", line=lineno))
+            continue
+        genders[row["ActorID"].strip()] = g
     return genders
 
 

@@ -22,7 +22,15 @@ import re
 from pathlib import Path
 
 from gmptl.config import DataConfig
-from gmptl.data.corpora.base import CorpusSpec, LabelMapper, LoadResult, add_label, register_corpus
+from gmptl.data.corpora.base import (
+    CorpusSpec,
+    LabelMapper,
+    LoadResult,
+    add_label,
+    not_utf8,
+    read_text,
+    register_corpus,
+)
 from gmptl.data.manifest import BadItem, Utterance
 
 NATIVE_LABELS = ("neu", "hap", "exc", "sad", "ang", "fru", "sur", "fea", "dis", "oth", "xxx")
@@ -105,11 +113,16 @@ def load_iemocap(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult
     sessions_seen = set()
     for session_n, label_file in files:
         sessions_seen.add(session_n)
-        for lineno, raw in enumerate(label_file.read_text(errors="replace").splitlines(), start=1):
+        text = read_text(label_file, result)
+        for lineno, raw in enumerate((text or "").splitlines(), start=1):
             line = raw.strip()
             if not line.startswith("["):
-                continue  # header, annotator lines, blank lines
+                continue  # header, annotator lines (whatever their bytes), blank lines
             where = (str(label_file), lineno)
+            undecodable = not_utf8(line)
+            if undecodable:
+                result.bad.append(_bad(where, utt_id=None, reason=undecodable))
+                continue
             m = _UTT_LINE.match(line)
             if not m:
                 result.bad.append(_bad(where, utt_id=None, reason=f"malformed utterance line: {line[:80]!r}"))

@@ -14,9 +14,6 @@ Generic CSV/JSONL (the documented way to add a corpus):: columns utt_id, path
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,39 +25,11 @@ from gmptl.data.corpora.base import (
     LoadResult,
     add_label,
     parse_gender,
+    read_rows,
     register_corpus,
+    type_error,
 )
 from gmptl.data.manifest import BadItem, Utterance
-
-
-def read_rows(path: Path, result: LoadResult) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) from a CSV or JSONL file; unparsable lines become bad items."""
-    if not path.is_file():
-        result.bad.append(BadItem(str(path), "metadata file not found"))
-        return
-    if path.suffix.lower() in (".jsonl", ".json"):
-        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                result.bad.append(BadItem(str(path), f"malformed JSON line: {e.msg}", line=lineno))
-                continue
-            if not isinstance(row, dict):
-                result.bad.append(BadItem(str(path), "JSON line is not an object", line=lineno))
-                continue
-            yield lineno, row
-    else:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            for lineno, row in enumerate(reader, start=2):
-                if None in row:  # more fields than the header
-                    result.bad.append(
-                        BadItem(str(path), "malformed CSV line: more fields than the header", line=lineno)
-                    )
-                    continue
-                yield lineno, row
 
 
 def _missing(row: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
@@ -90,6 +59,10 @@ def load_msp_podcast(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadRe
         missing = _missing(row, cols)
         if missing:
             result.bad.append(BadItem(str(table), f"malformed line: empty {missing}", line=lineno))
+            continue
+        wrong = type_error(row, text=cols, numbers=("EmoVal", "EmoAct", "EmoDom"))
+        if wrong:
+            result.bad.append(BadItem(str(table), wrong, line=lineno))
             continue
         code = row["EmoClass"].strip()
         if code not in MSP_EMOTIONS:
@@ -125,7 +98,11 @@ def _speaker_table(path: Path, result: LoadResult) -> dict[str, tuple[str, str]]
     table: dict[str, tuple[str, str]] = {}
     for lineno, row in read_rows(path, result):
         missing = _missing(row, ("key", "speaker", "gender"))
-        gender = parse_gender(str(row.get("gender", "")))
+        wrong = type_error(row, text=("key", "speaker", "gender"))
+        if wrong:
+            result.bad.append(BadItem(str(path), wrong, line=lineno))
+            continue
+        gender = parse_gender(str(row.get("gender") or ""))
         if missing or gender is None:
             result.bad.append(
                 BadItem(str(path), f"needs key, speaker and gender F/M; got {row}", line=lineno)
@@ -156,6 +133,10 @@ def load_emobox(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult:
         missing = _missing(row, ("key", "wav", "emo"))
         if missing:
             result.bad.append(BadItem(str(jsonl), f"malformed line: missing {missing}", line=lineno))
+            continue
+        wrong = type_error(row, text=("key", "wav", "emo", "speaker", "gender", "dataset"))
+        if wrong:
+            result.bad.append(BadItem(str(jsonl), wrong, line=lineno))
             continue
         key = str(row["key"])
         if row.get("speaker") and row.get("gender"):
@@ -200,6 +181,14 @@ def load_generic(cfg: DataConfig, root: Path, mapper: LabelMapper) -> LoadResult
         missing = _missing(row, ("utt_id", "path", "speaker", "gender", "emotion"))
         if missing:
             result.bad.append(BadItem(str(table), f"malformed line: empty {missing}", line=lineno))
+            continue
+        wrong = type_error(
+            row,
+            text=("utt_id", "path", "speaker", "gender", "emotion", "session", "text", "split", "corpus"),
+            numbers=("valence", "arousal", "dominance"),
+        )
+        if wrong:
+            result.bad.append(BadItem(str(table), wrong, line=lineno))
             continue
         gender = parse_gender(str(row["gender"]))
         if gender is None:
