@@ -30,9 +30,10 @@ def synth(
 
     cfg = load(config, sets, {"data.synth.n_utterances": n_utterances, "data.synth.seed": seed})
     res = synthesize_corpus(out, cfg.data.synth)
+    verb = "already holds" if res.cached else "wrote"
     click.echo(
-        f"wrote {res.n_utterances} utterances ({res.hours * 60:.1f} min, {res.n_changing} change emotion "
-        f"part-way) to {res.root}"
+        f"{verb} {res.n_utterances} utterances ({res.hours * 60:.1f} min, {res.n_changing} change emotion "
+        f"part-way) {'in' if res.cached else 'to'} {res.root}"
     )
 
 

@@ -71,3 +71,8 @@ def test_synth_command(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "c"), "--n", "16", "--seed", "2"]) == 0
     assert "wrote 16 utterances" in capsys.readouterr().out
     assert len(list((tmp_path / "c").rglob("*.wav"))) == 16
+    assert main(["synth", "--out", str(tmp_path / "c"), "--n", "16", "--seed", "2"]) == 0  # the same: reused
+    assert "already holds 16 utterances" in capsys.readouterr().out
+    assert main(["synth", "--out", str(tmp_path / "c"), "--n", "16", "--seed", "3"]) == 2  # another: refused
+    assert str(tmp_path / "c") in capsys.readouterr().err
+    assert len(list((tmp_path / "c").rglob("*.wav"))) == 16
