@@ -421,11 +421,16 @@ class TrackingConfig(_Section):
 
     @model_validator(mode="after")
     def _uri(self) -> TrackingConfig:
+        from gmptl.tracking import check_uri, redact_uri  # tracking imports this module
+
         if self.uri is not None and not re.match(r"^(sqlite:///|https?://|databricks)", self.uri):
             raise ValueError(
-                f"tracking.uri={self.uri!r}: use sqlite:///path/to/mlflow.db or http(s)://host:port "
+                f"tracking.uri={redact_uri(self.uri)!r}: use sqlite:///path/to/mlflow.db or http(s)://host:port "
                 "(MLflow 3 refuses `file:` stores)"
             )
+        # Credentials in the URI would be written to config.yaml and MLflow's parameters: refused here,
+        # before anything is written (MLflow reads them from the environment instead).
+        check_uri(self.uri)
         return self
 
 

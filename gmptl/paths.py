@@ -17,6 +17,8 @@ that produced them, so a changed config can never pick up a stale result::
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 from gmptl.config import Config, absolute, config_hash, config_hash_of, to_dict
@@ -33,6 +35,31 @@ TEST_JSON = "test.json"
 def centroids_file(layer: int, k: int) -> str:
     """The codebook of K centroids fitted on transformer layer ``layer`` (1-based), in a clusters folder."""
     return f"L{layer}_k{k}.npy"
+
+
+_UNSAFE_CHARS = re.compile(r"[^\w.-]")  # \w: letters, digits and _ (Unicode); no separators, NUL, spaces
+
+
+def safe_name(text: object, max_bytes: int = 100) -> str:
+    """An id (utterance, speaker, fold, trial, job) as ONE safe file-name component.
+
+    Every id that becomes part of a file or folder name goes through here, so no id can make gmptl
+    write outside its folder. Letters, digits, ``_``, ``-`` and ``.`` are kept; anything else (``/``,
+    ``\\``, ``:``, NUL and other control characters, spaces) becomes ``_``; leading and trailing dots
+    become ``_`` (no ``..``, no hidden file). An id that is already safe, not empty and at most
+    ``max_bytes`` bytes (UTF-8) is returned unchanged; any other gets ``-`` and 8 hex digits of the
+    SHA-256 of the original text appended (and is cut to fit ``max_bytes``), so two ids that differ
+    stay two names: ``"a/b"`` -> ``"a_b-<hash>"``, ``".."`` -> ``"__-<hash>"``, ``""`` -> ``"_-<hash>"``.
+    """
+    raw = str(text)
+    name = _UNSAFE_CHARS.sub("_", raw)
+    name = re.sub(r"^\.+|\.+$", lambda m: "_" * len(m.group()), name)
+    if name == raw and name and len(name.encode()) <= max_bytes:
+        return name
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    while len(name.encode()) > max(max_bytes - 9, 1):
+        name = name[:-1]
+    return f"{name or '_'}-{digest}"
 
 
 def output_dir(cfg: Config) -> Path:

@@ -39,6 +39,7 @@ from gmptl.submit import (
     stage_arg_files,
     stage_working_dir,
 )
+from gmptl.tracking import check_uri, redact_uri
 
 log = logging.getLogger("gmptl.submit")  # the logger `gmptl submit` has always logged under
 
@@ -56,6 +57,12 @@ def dashboard_url(address: str) -> str:
     if "://" not in text:
         text = "http://" + text
     parts = urlsplit(text)
+    if "@" in parts.netloc:
+        raise SubmitError(
+            f"--address {redact_uri(text)}: the address holds a user name or password, which would be printed "
+            "and logged; give --address http://HEAD:8265 without them (Ray's job server authenticates with "
+            "RAY_AUTH_TOKEN, cluster/README.md 'Authentication')"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SubmitError(
             f"--address {address!r}: expected the head's dashboard (job server) URL, e.g. "
@@ -102,7 +109,9 @@ TOKEN_HINT = (
 
 def _auth_hint(e: BaseException) -> str:
     text = f"{type(e).__name__} {e}"
-    return f"; {TOKEN_HINT}" if "Authentication" in text or "Unauthorized" in text or "Forbidden" in text else ""
+    return (
+        f"; {TOKEN_HINT}" if "Authentication" in text or "Unauthorized" in text or "Forbidden" in text else ""
+    )
 
 
 def connect(address: str, timeout_s: float = 5.0) -> Any:
@@ -129,7 +138,9 @@ def call(what: str, address: str, fn: Any, *args: Any) -> Any:
         return fn(*args)
     except Exception as e:  # the SDK raises RuntimeError for HTTP errors, ConnectionError, ...
         text = str(e)
-        hint = f"; list the jobs with `gmptl jobs list --address {address}`" if "404" in text else _auth_hint(e)
+        hint = (
+            f"; list the jobs with `gmptl jobs list --address {address}`" if "404" in text else _auth_hint(e)
+        )
         raise SubmitError(f"{what} failed on {address}: {text}{hint}") from None
 
 
@@ -168,7 +179,7 @@ def _warn_local_tracking(cfg: Config, address: str) -> None:
             log.warning(
                 "tracking.uri=%s is this machine's loopback: the job on %s reaches its own node's instead; "
                 "give the MLflow server's address as the cluster sees it",
-                uri,
+                redact_uri(uri),
                 address,
             )
 
@@ -196,6 +207,7 @@ def submit(
 ) -> Submission:
     """Check the config, stage the working_dir, submit the job (unless ``dry_run``)."""
     cfg = job_config(load_config(config_file, list(sets)))
+    check_uri(cfg.tracking.uri)  # credentials in the URI: refused before it is printed or written
     check_cluster_paths(cfg)
     _warn_local_tracking(cfg, address)
     source = Path(source) if source else default_source()

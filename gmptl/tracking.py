@@ -9,20 +9,28 @@ Runs are found again by a ``gmptl.run_key`` tag (stage, fold, config hash): a
 restarted training run continues the same MLflow run instead of opening a new one.
 Experiments are created with a retry, because two processes creating the same
 experiment on a new SQLite store race ("table already exists").
+
+Credentials never reach a file, a parameter or the terminal: a ``tracking.uri`` with a user name or
+password before its host (or a token in its query) is refused where gmptl uses it
+(:func:`resolve_uri`, :func:`check_uri`): MLflow reads them from ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``); :func:`flatten` and :meth:`Run.log_params`
+write ``<redacted>`` for any value that looks like a credential (:func:`credential_kind`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from gmptl.config import Config, TrackingConfig
-from gmptl.errors import GmptlError
+from gmptl.errors import ConfigError, GmptlError
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +42,123 @@ class TrackingError(GmptlError):
     """The MLflow store cannot be used (unreachable server, bad URI)."""
 
 
+# ----------------------------------------------------------------------------- credentials
+
+# Text that is a credential wherever it appears (also used by `gmptl submit` to scan what it ships).
+CREDENTIAL_PATTERNS: dict[str, re.Pattern[str]] = {
+    "a private key": re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"),
+    "an AWS access key id": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    "a GitHub token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})\b"),
+    "a Hugging Face token": re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),
+    "a Slack token": re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
+    "a Google API key": re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"),
+    "a password in a URL": re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:[^/\s@'\"]+@"),
+}
+# A key (config key, query parameter) that names a secret; its value is never written.
+# A whole word of the key, between `_`, `.`, `-` or its ends: `hf_token`, `MLFLOW_TRACKING_PASSWORD`, `api-key`
+# (not `tokenizer` or `max_tokens`).
+SECRET_KEY_NAME = re.compile(
+    r"(?i)(?:^|[_.-])(?:passw(?:or)?d|pwd|secret|token|api_?key|access_?key|private_?key|credentials?|sig|signature)"
+    r"(?:$|[_.-])"
+)
+REDACTED = "<redacted>"
+CREDENTIAL_ENV = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+
+
+def uri_credentials(uri: str) -> str | None:
+    """What credentials ``uri`` carries (``"a user name and password"``, ``"a secret in its query (token)"``),
+    or None. Only the URI's structure is inspected; nothing of the secret is returned."""
+    if "://" not in uri:
+        return None
+    parts = urlsplit(uri)
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        return "a user name and password" if ":" in userinfo else "a user name or token before the host"
+    secret = [k for k, v in parse_qsl(parts.query, keep_blank_values=True) if v and SECRET_KEY_NAME.search(k)]
+    return f"a secret in its query ({', '.join(sorted(set(secret)))})" if secret else None
+
+
+def redact_uri(uri: str, mask: str = "***") -> str:
+    """``uri`` without its credentials: user info replaced by ``mask`` (dropped when ``mask`` is empty),
+    secret query values by ``mask`` (the parameter dropped when empty). Safe to print."""
+    if "://" not in uri or uri_credentials(uri) is None:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rpartition("@")[2]
+    if "@" in parts.netloc and mask:
+        netloc = f"{mask}@{netloc}"
+    query = [
+        (k, mask if v and SECRET_KEY_NAME.search(k) else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if mask or not (v and SECRET_KEY_NAME.search(k))
+    ]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), parts.fragment))
+
+
+def check_uri(uri: str | None, key: str = "tracking.uri") -> None:
+    """Refuse a URI that carries credentials: they would be written to config.yaml, MLflow's parameters and
+    the terminal. MLflow reads them from the environment instead.
+
+    Raises:
+        ConfigError: naming the key, what the URI carries (never the secret) and the environment variables.
+    """
+    if uri and (what := uri_credentials(uri)) is not None:
+        raise ConfigError(
+            f"{key}={redact_uri(uri)}: the URI holds {what}; gmptl never writes credentials to files, MLflow "
+            f"parameters or the terminal. Give the URI without them (--set {key}={redact_uri(uri, mask='')}) "
+            f"and put them in the environment: export {CREDENTIAL_ENV}, which MLflow reads"
+        )
+
+
+def credential_kind(value: Any, key: str = "") -> str | None:
+    """Why ``value`` (of config or parameter key ``key``) looks like a credential, or None.
+
+    A URI with user info or a secret query parameter, text matching :data:`CREDENTIAL_PATTERNS`, or a
+    non-empty value of a key that names a secret (``password``, ``token``, ``api_key``...).
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return None
+    text = str(value)
+    if not text or text == "None":
+        return None
+    last = key.rsplit(".", 1)[-1]
+    if last and SECRET_KEY_NAME.search(last):
+        return f"the key {last!r} names a secret"
+    for word in text.split():
+        if (what := uri_credentials(word)) is not None:
+            return f"a URI holding {what}"
+    for what, rx in CREDENTIAL_PATTERNS.items():
+        if rx.search(text):
+            return what
+    return None
+
+
+def safe_value(value: Any, key: str = "") -> str:
+    """``str(value)`` when it looks like no credential; a URI without its credentials, else ``<redacted>``."""
+    text = str(value)
+    if credential_kind(value, key) is None:
+        return text
+    last = key.rsplit(".", 1)[-1]
+    if "://" in text and " " not in text.strip() and not (last and SECRET_KEY_NAME.search(last)):
+        text = text.strip()
+        if credential_kind(redact_uri(text, mask="")) is None:  # the URI held the only credential
+            return redact_uri(text)
+    return REDACTED
+
+
+# ----------------------------------------------------------------------------- the store
+
+
 def resolve_uri(cfg: Config) -> str:
-    """``tracking.uri``, or the embedded default ``sqlite:///<output_dir>/mlflow.db`` (absolute)."""
+    """``tracking.uri``, or the embedded default ``sqlite:///<output_dir>/mlflow.db`` (absolute).
+
+    Raises:
+        ConfigError: ``tracking.uri`` holds credentials (:func:`check_uri`).
+    """
     from gmptl.config import absolute, local_path
     from gmptl.paths import output_dir
 
+    check_uri(cfg.tracking.uri)
     split = local_path("tracking.uri", cfg.tracking.uri)
     if split is not None:
         return split[0] + absolute(split[1])
@@ -49,6 +169,7 @@ def resolve_uri(cfg: Config) -> str:
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail before any training starts when the store cannot be used."""
+    check_uri(uri)
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -95,7 +216,7 @@ def experiment_id(uri: str, name: str) -> str:
         except Exception as e:  # noqa: BLE001 - a concurrent creator won the race; read theirs
             log.debug("create_experiment %s raced (%s), retrying", name, e)
             time.sleep(0.2 * (attempt + 1))
-    raise TrackingError(f"could not create or find MLflow experiment {name!r} at {uri}")
+    raise TrackingError(f"could not create or find MLflow experiment {name!r} at {redact_uri(uri)}")
 
 
 def best_effort(what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
@@ -115,19 +236,23 @@ def ui_url(uri: str, experiment: str, port: int = 5000) -> str:
     MLflow 3's UI opens every experiment in its GenAI view (traces) unless the browser has chosen
     otherwise; ``workflowType=machine_learning`` in the address picks the runs table (and is remembered).
     """
-    base = uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    base = redact_uri(uri, mask="") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
     return f"{base.rstrip('/')}/#/experiments/{experiment_id(uri, experiment)}?workflowType=machine_learning"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Dotted keys -> string values (MLflow parameters), e.g. ``stages.gmp.lr``."""
+    """Dotted keys -> string values (MLflow parameters), e.g. ``stages.gmp.lr``.
+
+    A value that looks like a credential (:func:`credential_kind`) is never written: a URI loses its
+    user info and secret query values (``https://***@host``), anything else becomes ``<redacted>``.
+    """
     out: dict[str, str] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out |= flatten(v, key + ".")
         else:
-            out[key] = str(v)[:6000]
+            out[key] = safe_value(v, key)[:6000]
     return out
 
 
@@ -158,7 +283,7 @@ class Run:
             client.update_run(run.run_id, status="RUNNING")
             log.info("mlflow: continuing run %s (%s)", run_name, run.run_id)
             return run
-        all_tags = {RUN_KEY_TAG: run_key, **(tags or {})}
+        all_tags = {RUN_KEY_TAG: run_key, **{k: safe_value(v, k) for k, v in (tags or {}).items()}}
         if parent is not None:
             all_tags[PARENT_TAG] = parent.run_id
         info = client.create_run(exp, run_name=run_name, tags=all_tags)
@@ -170,8 +295,8 @@ class Run:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = flatten(params)
-        items = [Param(k, v) for k, v in flat.items()]
+        flat = flatten(params)  # credentials redacted by flatten; and again here, whoever changes flatten
+        items = [Param(k, v if credential_kind(v, k) is None else REDACTED) for k, v in flat.items()]
         client = _client(self.uri)
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             client.log_batch(self.run_id, params=items[i : i + 100])
@@ -209,7 +334,7 @@ class Run:
     def set_tags(self, tags: dict[str, str]) -> None:
         client = _client(self.uri)
         for k, v in tags.items():
-            client.set_tag(self.run_id, k, v)
+            client.set_tag(self.run_id, k, safe_value(v, k))
 
     def finish(self, status: str = "FINISHED") -> None:
         _client(self.uri).set_terminated(self.run_id, status=status)

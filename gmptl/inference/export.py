@@ -12,7 +12,9 @@ Output ``MODEL/``: ``backbone/`` (config.json + safetensors), ``heads.safetensor
 and ``model.json`` (head spec, labels, sample rate, AM-Softmax scale) plus
 ``window_s`` (the stage-2 training crop, the frame track's default window) and
 ``exported_from`` (run, fold, source folder, config hash, the fold's test
-metrics). No pickle: a source folder holding one is refused.
+metrics). No pickle and no link: a source folder holding one, or any file
+:func:`gmptl.inference.predict.check_model_folder` refuses (unexpected types, implausible sizes,
+a malformed ``model.json``), is refused with an error naming the file; nothing is written then.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from gmptl import paths
 from gmptl.config import load_config
 from gmptl.inference.predict import PICKLE_SUFFIXES, InferenceError, check_model_folder
-from gmptl.models.factory import MODEL_JSON, load_model
+from gmptl.models.factory import MODEL_JSON, ModelFolderError, load_model, read_model_json
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,11 @@ def _trained_by(run_dir: Path, fold: int) -> Path | None:
     for meta_path in sorted(
         (run_dir.parent.parent / "train" / "utterance").glob(f"*/fold{fold}/best/{MODEL_JSON}")
     ):
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = read_model_json(meta_path.parent)
+        except ModelFolderError as e:
+            log.warning("skipped %s", e)
+            continue
         if meta.get("config_hash") == run_dir.name and meta.get("fold") == fold:
             return meta_path.parent
     return None
@@ -75,7 +81,10 @@ def locate_model(run_dir: str | Path, fold: int) -> tuple[Path, dict[str, Any]]:
             f"fold {fold} of {run_dir} has no stage-2 model at {model_dir}; run `gmptl run {run_dir / RUN_CONFIG}` "
             f"(or `gmptl train {run_dir / RUN_CONFIG} --stage utterance --fold {fold}`) first"
         )
-    meta = json.loads((model_dir / MODEL_JSON).read_text())
+    try:
+        meta = read_model_json(model_dir)
+    except ModelFolderError as e:
+        raise InferenceError(str(e)) from None
     if meta.get("stage") != "utterance" or meta.get("fold") != fold:
         raise InferenceError(
             f"{model_dir / MODEL_JSON} says stage {meta.get('stage')!r} fold {meta.get('fold')!r}, "
@@ -102,14 +111,23 @@ def export_model(run_dir: str | Path, fold: int, out: str | Path) -> Path:
     if out.exists():
         raise InferenceError(f"--out {out} exists; give a new folder (export never overwrites)")
     source, record = locate_model(run_dir, fold)
-    pickles = [p for p in source.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+    pickles = [p for p in source.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
         raise InferenceError(f"{source} holds pickle files {pickles}; it cannot be exported pickle-free")
+    if source.is_symlink():
+        raise InferenceError(
+            f"{source}: the model folder is a symbolic link (to {source.readlink()}); gmptl writes a real "
+            "folder there: rerun the stage, or export from the run whose folder it points to"
+        )
+    # No link inside, only model files of plausible size: nothing from outside the folder is copied.
+    check_model_folder(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside its destination, then renamed: an interrupted export leaves no half-written folder.
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp) / "model"
-        shutil.copytree(source, staged)
+        # symlinks=True: a link that appeared since the check is copied as a link (never followed), and
+        # the check of the copy below refuses it.
+        shutil.copytree(source, staged, symlinks=True)
         meta = json.loads((staged / MODEL_JSON).read_text())
         (staged / MODEL_JSON).write_text(json.dumps(meta | record, indent=2) + "\n")
         check_model_folder(staged)

@@ -21,7 +21,9 @@ arg-max become segments. A file shorter than one window is one window.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,16 @@ from gmptl.data.audio import AudioError, load_audio
 from gmptl.errors import BadInputError, GmptlError
 from gmptl.evaluation.evaluate import autocast, probabilities
 from gmptl.features.extractor import chunk_spans, conv_geometry
-from gmptl.models.factory import BACKBONE_DIR, HEADS_FILE, MODEL_JSON, SERModel, load_model
+from gmptl.models.factory import (
+    BACKBONE_DIR,
+    HEADS_FILE,
+    MODEL_JSON,
+    ModelFolderError,
+    SERModel,
+    load_model,
+    read_model_json,
+)
+from gmptl.paths import safe_name
 from gmptl.training.data import eval_batches
 
 log = logging.getLogger(__name__)
@@ -51,8 +62,100 @@ class InferenceError(GmptlError):
     """The model folder or the prediction options cannot be used."""
 
 
+# What a model folder may hold (save_model, export): model.json, heads.safetensors, backbone/ (config
+# JSON and safetensors, sharded or not), and notes. Sizes are bounds on what gmptl writes, generous for
+# HuBERT x-large in float32 (3.8 GB); anything else is refused by name, never loaded.
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".md", ".txt")
+MAX_MODEL_FILES = 256
+MAX_JSON_BYTES = 16 * 1024**2
+MAX_NOTE_BYTES = 1024**2
+MAX_WEIGHTS_BYTES = 64 * 1024**3
+_MAX_SAFETENSORS_HEADER = 100 * 1024**2  # the safetensors format's own limit
+
+
+def _check_safetensors(path: Path, size: int, how: str) -> None:
+    """The file is what safetensors writes: an 8-byte header length, a JSON header of tensors whose
+    byte ranges end exactly at the end of the file (a truncated or foreign file fails here, by name)."""
+    bad = f"{path}: not a complete safetensors file ({{}}); re-copy it, or {how}"
+    if size < 8:
+        raise InferenceError(bad.format(f"{size} bytes"))
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > _MAX_SAFETENSORS_HEADER or 8 + n > size:
+            raise InferenceError(bad.format(f"header length {n} does not fit a {size}-byte file"))
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InferenceError(bad.format("its header is not JSON")) from None
+    if not isinstance(header, dict):
+        raise InferenceError(bad.format("its header is not a JSON object"))
+    ends = [0]
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):  # fmt: skip
+            raise InferenceError(bad.format(f"tensor {name!r} has no valid data_offsets"))
+        ends.append(offsets[1])
+    if 8 + n + max(ends) != size:
+        raise InferenceError(
+            bad.format(
+                f"its tensors end at byte {8 + n + max(ends)} of a {size}-byte file: truncated or padded"
+            )
+        )
+
+
+def _check_entries(folder: Path, how: str) -> None:
+    """Every entry of a model folder: no link, only backbone/ as a subfolder, known file types, sizes in bounds."""
+    entries = sorted(folder.rglob("*"))
+    if len(entries) > MAX_MODEL_FILES:
+        raise InferenceError(f"model folder {folder}: {len(entries)} entries, more than a model folder holds "
+                             f"({MAX_MODEL_FILES}); point --model at the folder `gmptl export` wrote")  # fmt: skip
+    for p in entries:
+        rel = p.relative_to(folder)
+        if p.is_symlink():
+            raise InferenceError(
+                f"{p}: a symbolic link (to {os.readlink(p)}) inside model folder {folder}; a model folder holds "
+                "plain files only (a link could point anywhere): replace it by the file it points to "
+                f"(cp --dereference) or remove it"
+            )
+        if p.is_dir():
+            if rel != Path(BACKBONE_DIR):
+                raise InferenceError(
+                    f"{p}: unexpected folder in model folder {folder} (only {BACKBONE_DIR}/ belongs there); "
+                    f"remove it, or {how}"
+                )
+            continue
+        if not p.is_file():
+            raise InferenceError(f"{p}: not a regular file (a device, socket or pipe); remove it, or {how}")
+        if p.suffix.lower() in PICKLE_SUFFIXES:
+            continue  # reported together below, with what pickles are
+        if p.suffix.lower() not in MODEL_FILE_SUFFIXES or p.name.startswith("."):
+            raise InferenceError(
+                f"{p}: unexpected file in model folder {folder} (a model folder holds only "
+                f"{', '.join(MODEL_FILE_SUFFIXES)} files, not hidden ones); remove it, or {how}"
+            )
+        size = p.stat().st_size
+        limit = {".json": MAX_JSON_BYTES, ".safetensors": MAX_WEIGHTS_BYTES}.get(
+            p.suffix.lower(), MAX_NOTE_BYTES
+        )
+        if size > limit:
+            raise InferenceError(f"{p}: {size} bytes, more than such a file plausibly holds ({limit}); "
+                                 f"remove it, or {how}")  # fmt: skip
+        if p.suffix.lower() == ".safetensors":
+            _check_safetensors(p, size, how)
+
+
 def check_model_folder(folder: str | Path) -> Path:
-    """A model folder ``predict`` can load with safetensors and JSON only; an error says what is missing."""
+    """A model folder ``predict`` can load with safetensors and JSON only; an error says what is wrong.
+
+    Checked: ``model.json``, ``heads.safetensors``, ``backbone/config.json`` and backbone safetensors
+    weights are there; no symbolic link anywhere inside (the folder itself may be one); no folder but
+    ``backbone/``; only JSON, safetensors and ``.md``/``.txt`` notes, none hidden, each within a
+    plausible size (JSON 16 MiB, weights 64 GiB, notes 1 MiB) and every safetensors file complete;
+    no pickle; ``model.json`` as :func:`gmptl.models.factory.validate_model_meta` expects.
+    """
     folder = Path(folder)
     how = "export one with `gmptl export RUN_DIR --fold K --out MODEL`"
     if not folder.is_dir():
@@ -66,12 +169,19 @@ def check_model_folder(folder: str | Path) -> Path:
         raise InferenceError(
             f"--model {folder}: {backbone} has no config.json and safetensors weights; {how}"
         )
-    pickles = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    _check_entries(folder, how)
+    pickles = sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES
+    )
     if pickles:
         raise InferenceError(
             f"--model {folder} holds pickle files {pickles}; predict loads safetensors only (pickles can run "
             f"code when loaded): remove them or {how}"
         )
+    try:
+        read_model_json(folder)
+    except ModelFolderError as e:
+        raise InferenceError(str(e)) from None
     return folder
 
 
@@ -148,7 +258,7 @@ class Prediction:
 class AudioInput:
     path: Path
     explicit: bool  # named on the command line (bad audio is an error) or found in a folder (skipped)
-    name: str  # unique among the inputs: the file name of its timeline PNG
+    name: str  # unique among the inputs, a safe file-name component: the file name of its timeline PNG
 
 
 @dataclass(frozen=True)
@@ -327,12 +437,17 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[AudioInput]:
             raise BadInputError(f"{p}: no such file or folder")
     if not found:
         raise BadInputError("no input files: give audio files or folders")
-    used: dict[str, int] = {}
+    used: set[str] = set()
     out = []
     for path, explicit in found:
-        stem = path.stem
-        used[stem] = used.get(stem, 0) + 1
-        out.append(AudioInput(path.absolute(), explicit, stem if used[stem] == 1 else f"{stem}-{used[stem]}"))
+        # The PNG name: a file-name component (paths.safe_name), unique among the inputs.
+        stem = safe_name(path.stem)
+        name, n = stem, 1
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(name)
+        out.append(AudioInput(path.absolute(), explicit, name))
     return out
 
 

@@ -14,7 +14,8 @@ def frame_track_pngs(cfg: Config, df: Any, fold: Any, folder: Path, n: int = 3) 
 
     On the synthetic corpus the utterances whose emotion changes part-way are drawn first (their
     true segments are known); the stage-2 model's windows are the training crop length.
-    Returns the PNG file names, written into ``folder``.
+    Returns the PNG file names, written into ``folder`` (``track_fold<i>_<utt id>.png``, the id through
+    :func:`gmptl.paths.safe_name`).
     """
     from gmptl.data.synth import SEGMENTS_FILE, read_segments
     from gmptl.inference.predict import Predictor
@@ -36,7 +37,7 @@ def frame_track_pngs(cfg: Config, df: Any, fold: Any, folder: Path, n: int = 3) 
         path = str(by_id.loc[utt, "path"])
         wave = predictor.load(path)
         pred = predictor.predict([wave], [path])[0]
-        name = f"track_fold{fold.index}_{utt}.png"
+        name = f"track_fold{fold.index}_{paths.safe_name(utt)}.png"  # an id may hold `/` or `..`
         predictor.plot(wave, pred, folder / name)
         names.append(name)
     return names

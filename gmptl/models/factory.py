@@ -16,6 +16,8 @@ safetensors; loadable by the feature extractor as ``model.backbone``),
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from gmptl import files
-from gmptl.config import ModelConfig, TrainConfig
+from gmptl.config import STAGE_NAMES, ModelConfig, TrainConfig
+from gmptl.errors import GmptlError
 from gmptl.models.backbone import build_backbone, load_pretrained, uses_attention_mask
 from gmptl.models.heads import CosineClassifier, FrameHead, build_pooling
 
@@ -152,13 +155,148 @@ def save_model(model: SERModel, folder: str | Path, extra: dict[str, Any] | None
     return folder
 
 
-def load_model(folder: str | Path) -> tuple[SERModel, dict[str, Any]]:
-    """Load a folder written by :func:`save_model`; returns the model (eval mode) and its ``model.json``."""
-    folder = Path(folder)
-    meta_path = folder / MODEL_JSON
+class ModelFolderError(GmptlError, ValueError):
+    """A model folder (its ``model.json``, weights or layout) cannot be used; the message names the file."""
+
+
+class ModelJsonMissingError(ModelFolderError, FileNotFoundError):
+    """The folder has no ``model.json`` (also a FileNotFoundError, what load_model raised before)."""
+
+
+# model.json: gmptl writes it (save_model, export); these bounds only refuse what gmptl never writes.
+MAX_MODEL_JSON_BYTES = 1024**2
+MAX_HEADS = 64
+MAX_CLASSES = 65536
+MAX_LABELS = 1000
+_HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")  # an nn.ModuleDict key: no dots
+_HEAD_TYPES = ("linear", "cosine", "frame")
+_POOLINGS = ("mean", "attentive")
+_FIX = (
+    "model.json is written by gmptl, not by hand: re-export the model (`gmptl export RUN_DIR --fold K "
+    "--out MODEL`) or rerun the stage that wrote it"
+)
+
+
+def _bad(meta_path: Path, key: str, value: Any, expected: str) -> ModelFolderError:
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    return ModelFolderError(f"{meta_path}: key {key!r} is {shown}, expected {expected}; {_FIX}")
+
+
+def _int_in(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _number_in(value: Any, lo: float, hi: float) -> bool:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return ok and math.isfinite(value) and lo < value <= hi
+
+
+def validate_model_meta(meta: Any, meta_path: Path) -> dict[str, Any]:
+    """``model.json`` checked against the keys gmptl reads; a ModelFolderError names the key.
+
+    Required: ``spec`` (``pooling`` mean/attentive; ``utterance_heads`` and ``frame_heads``: at most
+    64 heads each, named like identifiers, of type linear/cosine/frame with 1..65536 ``n_classes``, a
+    frame head's ``hidden`` likewise; at least one head). Optional, checked when present: ``labels``
+    (1..1000 non-empty names, as many as an ``emotion`` head's classes), ``sample_rate_hz``
+    (1000..384000), ``window_s`` (0..3600 s or null), ``scale`` (0..10000), ``loss``, ``stage``
+    (mtl/gmp/utterance), ``fold`` (>= 0), ``config_hash``, ``exported_from`` (an object). Other keys
+    are kept as they are.
+    """
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}; {_FIX}")
+    spec = meta.get("spec")
+    if not isinstance(spec, dict):
+        raise _bad(meta_path, "spec", spec, "an object with the model's heads")
+    if spec.get("pooling", "mean") not in _POOLINGS:
+        raise _bad(meta_path, "spec.pooling", spec.get("pooling"), f"one of {list(_POOLINGS)}")
+    n_heads = 0
+    for group in ("utterance_heads", "frame_heads"):
+        heads = spec.get(group, {})
+        if not isinstance(heads, dict) or len(heads) > MAX_HEADS:
+            raise _bad(meta_path, f"spec.{group}", heads, f"an object of at most {MAX_HEADS} heads")
+        for name, head in heads.items():
+            key = f"spec.{group}.{name}"
+            if not _HEAD_NAME.match(name):
+                raise _bad(meta_path, key, name, "a head name of letters, digits and _ (at most 64)")
+            if not isinstance(head, dict):
+                raise _bad(meta_path, key, head, "an object {type, n_classes}")
+            if head.get("type", "frame") not in _HEAD_TYPES:
+                raise _bad(meta_path, f"{key}.type", head.get("type"), f"one of {list(_HEAD_TYPES)}")
+            if not _int_in(head.get("n_classes"), 1, MAX_CLASSES):
+                raise _bad(
+                    meta_path, f"{key}.n_classes", head.get("n_classes"), f"an integer 1..{MAX_CLASSES}"
+                )
+            if head.get("type", "frame") == "frame" and not _int_in(head.get("hidden"), 1, MAX_CLASSES):
+                raise _bad(meta_path, f"{key}.hidden", head.get("hidden"), f"an integer 1..{MAX_CLASSES}")
+            n_heads += 1
+    if n_heads == 0:
+        raise _bad(meta_path, "spec", spec, "at least one head in utterance_heads or frame_heads")
+    if "labels" in meta:
+        labels = meta["labels"]
+        if (
+            not isinstance(labels, list)
+            or not 1 <= len(labels) <= MAX_LABELS
+            or not all(isinstance(x, str) and 0 < len(x) <= 200 for x in labels)
+        ):
+            raise _bad(meta_path, "labels", labels, f"a list of 1..{MAX_LABELS} non-empty label names")
+        emotion = spec.get("utterance_heads", {}).get("emotion")
+        if emotion is not None and len(labels) != emotion["n_classes"]:
+            raise _bad(
+                meta_path,
+                "labels",
+                labels,
+                f"{emotion['n_classes']} names, one per class of the emotion head",
+            )
+    checks = {
+        "sample_rate_hz": (lambda v: _int_in(v, 1000, 384000), "an integer 1000..384000 (Hz)"),
+        "window_s": (lambda v: v is None or _number_in(v, 0, 3600), "seconds in (0, 3600] or null"),
+        "scale": (lambda v: _number_in(v, 0, 10000), "a number in (0, 10000]"),
+        "loss": (lambda v: isinstance(v, str), "a string"),
+        "stage": (lambda v: v in STAGE_NAMES, f"one of {list(STAGE_NAMES)}"),
+        "fold": (lambda v: _int_in(v, 0, 10**6), "an integer >= 0"),
+        "best_epoch": (lambda v: v is None or _int_in(v, 0, 10**9), "an integer >= 0"),
+        "config_hash": (lambda v: isinstance(v, str), "a string"),
+        "exported_from": (lambda v: isinstance(v, dict), "an object"),
+    }
+    for key, (ok, expected) in checks.items():
+        if key in meta and not ok(meta[key]):
+            raise _bad(meta_path, key, meta[key], expected)
+    return meta
+
+
+def read_model_json(folder: str | Path) -> dict[str, Any]:
+    """The ``model.json`` of a model folder, parsed (at most 1 MiB) and checked by :func:`validate_model_meta`."""
+    meta_path = Path(folder) / MODEL_JSON
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a gmptl model folder: {MODEL_JSON} is missing")
-    meta = json.loads(meta_path.read_text())
+        raise ModelJsonMissingError(
+            f"{folder} is not a gmptl model folder: {MODEL_JSON} is missing; export one with "
+            "`gmptl export RUN_DIR --fold K --out MODEL`"
+        )
+    size = meta_path.stat().st_size
+    if size > MAX_MODEL_JSON_BYTES:
+        raise ModelFolderError(
+            f"{meta_path}: {size} bytes, over the {MAX_MODEL_JSON_BYTES} bytes a model.json can hold; {_FIX}"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ModelFolderError(f"{meta_path}: not UTF-8 text ({e.reason}); {_FIX}") from None
+    except json.JSONDecodeError as e:
+        raise ModelFolderError(
+            f"{meta_path}, line {e.lineno} column {e.colno}: not valid JSON ({e.msg}); {_FIX}"
+        ) from None
+    return validate_model_meta(meta, meta_path)
+
+
+def load_model(folder: str | Path) -> tuple[SERModel, dict[str, Any]]:
+    """Load a folder written by :func:`save_model`; returns the model (eval mode) and its ``model.json``.
+
+    Raises:
+        ModelFolderError: ``model.json`` is missing, over 1 MiB, not JSON or not what gmptl writes
+            (:func:`validate_model_meta`); the message names the file and the key.
+    """
+    folder = Path(folder)
+    meta = read_model_json(folder)
     model = SERModel(load_pretrained(str(folder / BACKBONE_DIR), offline=True), meta["spec"])
     missing, unexpected = model.load_state_dict(load_file(str(folder / HEADS_FILE)), strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]

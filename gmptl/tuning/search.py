@@ -151,7 +151,7 @@ class RecordingASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == self.STOP:
-            path = Path(self.folder) / "stopped" / f"{trial.trial_id}.json"
+            path = Path(self.folder) / "stopped" / f"{paths.safe_name(trial.trial_id)}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"trial_id": trial.trial_id, "epoch": result.get("epoch")}) + "\n")
         return decision

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gmptl import paths
 from gmptl.config import Config
 from gmptl.tuning.space import SearchSpace
 from gmptl.tuning.trials import OBJECTIVE, REPORTED
@@ -39,9 +40,9 @@ def summarize(
         # stopped/<id>.json; a trial with neither was ended by an interruption (Tune marks all of them done).
         if r.error:
             status = "failed"
-        elif (base_yaml.parent / "trials" / f"{tid}.json").is_file():
+        elif (base_yaml.parent / "trials" / f"{paths.safe_name(tid)}.json").is_file():
             status = "completed"
-        elif (base_yaml.parent / "stopped" / f"{tid}.json").is_file():
+        elif (base_yaml.parent / "stopped" / f"{paths.safe_name(tid)}.json").is_file():
             status = "stopped_early"
         else:
             status = "unfinished"

@@ -117,7 +117,7 @@ def run_trial(params: dict[str, Any], job: dict[str, Any]) -> None:
         if len(means.finished) == len(folds):  # before the last reports, which ASHA may answer with a stop
             done = {"trial_id": trial_id, "params": space.decode(params), "folds": folds,
                     "epochs": {f: max(means.epochs[f], default=0) for f in folds}}  # fmt: skip
-            marker = Path(job["folder"]) / "trials" / f"{trial_id}.json"
+            marker = Path(job["folder"]) / "trials" / f"{paths.safe_name(trial_id)}.json"
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(done, indent=2) + "\n")
         for rep in means.ready():
