@@ -54,6 +54,26 @@ def log_to_run_folder(cfg: Any, verbose: bool) -> Path:
     return path
 
 
+def quiet_ray_console() -> None:
+    """Ray and Ray Data attach their own console handlers when first imported ("Started a local Ray
+    instance", Ray Data's execution plans and, without a terminal, its progress as log tables): unless
+    ``-v`` asked for everything, those handlers keep to warnings. Their log files keep everything."""
+    if not _ROUTE or _ROUTE.get("echo_all"):
+        return
+    import warnings
+
+    import ray.data  # noqa: F401 - configures the `ray.data` logger, whose console handler is raised below
+
+    # Ray 2.60 warns on every actor pool that gets max_restarts/max_task_retries (gmptl.runtime's bounds)
+    # through map_batches' generic remote arguments, the only way it takes them yet. Set after Ray's
+    # import, which installs its own warning filters in front of earlier ones.
+    warnings.filterwarnings("ignore", message=r".*`ray_remote_args` is deprecated.*")
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+                handler.setLevel(logging.WARNING)
+
+
 def capture_worker_output(path: Path, echo_all: bool) -> None:
     """Send what Ray's workers print to ``path`` (progress lines to stderr too) once Ray starts here."""
     with _ROUTE_LOCK:

@@ -44,8 +44,9 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
     """Initialise Ray once per process; a no-op when it is already up (tests share one session)."""
     import ray
 
-    from gmptl.progress import route_worker_output
+    from gmptl.progress import quiet_ray_console, route_worker_output
 
+    quiet_ray_console()
     if ray.is_initialized():
         route_worker_output()  # a later command in this process (tests) logs to its own run folder
         return

@@ -144,6 +144,9 @@ def save_model(model: SERModel, folder: str | Path, extra: dict[str, Any] | None
     """Write ``backbone/`` (safetensors), ``heads.safetensors`` and ``model.json`` (spec + ``extra``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a one-file "Writing model shards" bar per save, on the driver's terminal
     model.backbone.save_pretrained(folder / BACKBONE_DIR, safe_serialization=True)
     heads = {
         k: v.detach().cpu().contiguous()
