@@ -198,6 +198,16 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+def _tag_kind(client: Any, experiment_id: str) -> None:
+    """Mark an experiment as model training. Folds and trials open runs at once: when two set the tag
+    together, the store refuses the second insert (SQLite: UNIQUE constraint), which is the same result."""
+    try:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except Exception:  # noqa: BLE001 - re-read below: only a missing tag is an error
+        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+            raise
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The id of experiment ``name`` (created, marked as model training, if it does not exist)."""
     client = _client(uri)
@@ -205,14 +215,16 @@ def experiment_id(uri: str, name: str) -> str:
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             if EXPERIMENT_KIND_TAG not in exp.tags:
-                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                _tag_kind(client, exp.experiment_id)
             return exp.experiment_id
         artifacts = None
         if uri.startswith("sqlite:///"):
             # Next to the database, not MLflow's CWD-relative default.
             artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
         try:
-            return client.create_experiment(name, artifact_location=artifacts)
+            return client.create_experiment(
+                name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except Exception as e:  # noqa: BLE001 - a concurrent creator won the race; read theirs
             log.debug("create_experiment %s raced (%s), retrying", name, e)
             time.sleep(0.2 * (attempt + 1))
