@@ -800,18 +800,21 @@ def absolute(value: str) -> str:
     return str(Path(value).expanduser().resolve())
 
 
+def absolute_value(key: str, value: str | None) -> str | None:
+    """The value of path key ``key`` with its local path (if it holds one) absolute and ``~`` expanded;
+    a URI without a local path, or None, comes back as it is."""
+    split = local_path(key, value)
+    return value if split is None else split[0] + absolute(split[1])
+
+
 def absolutize(cfg: Config) -> Config:
     """``cfg`` with every local path of :data:`PATH_KEYS` absolute and ``~`` expanded.
 
     Ray workers, Tune trials and cluster jobs run in other working directories: a relative path there
     names another place.
     """
-    updates = {}
-    for key in PATH_KEYS:
-        split = local_path(key, get_key(cfg, key))
-        if split is not None:
-            updates[key] = split[0] + absolute(split[1])
-    return derive(cfg, updates, "absolute paths")
+    updates = {key: absolute_value(key, get_key(cfg, key)) for key in PATH_KEYS}
+    return derive(cfg, {k: v for k, v in updates.items() if v != get_key(cfg, k)}, "absolute paths")
 
 
 def non_absolute_paths(cfg: Config) -> dict[str, str]:

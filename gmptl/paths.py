@@ -21,7 +21,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from gmptl.config import Config, absolute, config_hash, config_hash_of, to_dict
+from gmptl.config import Config, absolute, absolute_value, config_hash, config_hash_of, to_dict
 
 # The file each step writes last into its folder: the step is done when it exists (gmptl.steps).
 STAGE_JSON = "stage.json"
@@ -161,11 +161,7 @@ def stage_run_name(cfg: Config, fold: int, stage: str) -> str:
 def storage_path(cfg: Config) -> str:
     """Where Ray Train persists checkpoints: runtime.storage_path, else <output_dir>/ray_results (absolute)."""
     if cfg.runtime.storage_path:
-        return (
-            absolute(cfg.runtime.storage_path)
-            if "://" not in cfg.runtime.storage_path
-            else cfg.runtime.storage_path
-        )
+        return absolute_value("runtime.storage_path", cfg.runtime.storage_path)
     return str(output_dir(cfg) / "ray_results")
 
 

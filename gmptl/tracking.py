@@ -155,15 +155,12 @@ def resolve_uri(cfg: Config) -> str:
     Raises:
         ConfigError: ``tracking.uri`` holds credentials (:func:`check_uri`).
     """
-    from gmptl.config import absolute, local_path
+    from gmptl.config import absolute_value
     from gmptl.paths import output_dir
 
     check_uri(cfg.tracking.uri)
-    split = local_path("tracking.uri", cfg.tracking.uri)
-    if split is not None:
-        return split[0] + absolute(split[1])
     if cfg.tracking.uri:
-        return cfg.tracking.uri
+        return absolute_value("tracking.uri", cfg.tracking.uri)
     return f"sqlite:///{output_dir(cfg) / 'mlflow.db'}"
 
 
