@@ -9,6 +9,7 @@ turns. The step bodies live with their packages; this module only sequences them
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -118,7 +119,7 @@ def run_experiment(
     training = [s.name for s in todo if s.kind == "train"]
     parent = _parent_run(cfg, prep) if training else None
     jobs = [(fold, c) for c in seed_configs(cfg) for fold in folds]
-    lock = threading.Lock()
+    data_turns = threading.Lock()
     seeded = cfg.seeds is not None
 
     def run_job(fold: Fold, c: Config) -> dict[str, Any]:
@@ -130,19 +131,13 @@ def run_experiment(
             ctx = steps.StepContext(c, prep.df, fold, step.name, parent)
             # The step's folder is locked while it runs: a second process (another run on this output_dir,
             # a Tune trial) waits, then finds the step cached instead of writing the same files.
-            folder = steps.folders(c, fold.index, [step.name])
-            if step.kind == "data":
-                with (
-                    lock,
-                    locks.hold(c, folder),
-                ):  # a data step spreads over the whole cluster: one job at a time
-                    status.setdefault(key, "cached" if step.done(c, fold.index) else "ran")
-                    got[step.name] = step.run(ctx)
-            else:
-                with locks.hold(c, folder):
-                    done = step.done(c, fold.index)
-                    got[step.name] = step.run(ctx)
-                status[key] = "cached" if done else "ran"
+            # A data step spreads over the whole cluster: the jobs of this run take turns.
+            turns = data_turns if step.kind == "data" else contextlib.nullcontext()
+            with turns, locks.hold(c, steps.folders(c, fold.index, [step.name])):
+                done = step.done(c, fold.index)
+                got[step.name] = step.run(ctx)
+            # setdefault: a shared step (one folder for all folds) is reported as the job that ran it saw it
+            status.setdefault(key, "cached" if done else "ran")
         return got
 
     width = 1
