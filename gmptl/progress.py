@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,9 @@ def route_worker_output() -> Path | None:
     return install_on(dispatcher)
 
 
+DEDUP_S = 5.0  # as Ray's own printer of worker output
+
+
 def install_on(dispatcher: Any) -> Path:
     """Route a worker-output dispatcher (Ray's, or a test's) to the captured file; idempotent."""
     with _ROUTE_LOCK:
@@ -116,11 +120,23 @@ def _install_locked(dispatcher: Any) -> Path:
     lock = threading.Lock()
     echo_all = _ROUTE["echo_all"]
 
+    recent: dict[tuple[Any, str], float] = {}
+
     def handle(data: dict[str, Any]) -> None:
         who = data.get("actor_name") or data.get("task_name") or ""
         origin = f"({who} pid={data.get('pid')})".replace("( ", "(")
+        now = time.monotonic()
         with lock:
+            if len(recent) > 4096:  # forget lines older than the window: a run prints millions
+                for k in [k for k, t in recent.items() if now - t >= DEDUP_S]:
+                    del recent[k]
             for line in data.get("lines", []):
+                # Ray's stream can carry a Ray Train worker's line twice (its own printer deduplicates
+                # too): the same line from the same process within a few seconds is shown and kept once.
+                seen = recent.get((data.get("pid"), line))
+                recent[(data.get("pid"), line)] = now
+                if seen is not None and now - seen < DEDUP_S:
+                    continue
                 fh.write(f"{origin} {line}\n")
                 if PREFIX in line:
                     print(line.split(PREFIX, 1)[1], file=sys.stderr, flush=True)

@@ -52,3 +52,17 @@ def test_verbose_echoes_every_worker_line(tmp_path, capsys):
     progress.install_on(d)
     d.emit({"pid": 8, "task_name": "evaluate_model", "is_err": True, "lines": ["Loading weights"]})
     assert "(evaluate_model pid=8) Loading weights" in capsys.readouterr().err
+
+
+def test_a_line_the_stream_carries_twice_is_shown_and_logged_once(tmp_path, capsys):
+    log = tmp_path / "d.log"
+    progress.capture_worker_output(log, echo_all=False)
+    d = FakeDispatcher()
+    progress.install_on(d)
+    line = progress.epoch_line("gmp", 1, 3, {"epoch": 2, "val_loss": 11.86}, "val_loss")
+    batch = {"pid": 9, "actor_name": "RayTrainWorker", "is_err": False, "lines": [line]}
+    d.emit(batch)
+    d.emit(dict(batch))  # Ray delivered the same line again
+    d.emit({**batch, "pid": 10})  # another process printing the same text is not a duplicate
+    assert capsys.readouterr().err.count("gmp       fold 1  epoch   2/3") == 2
+    assert log.read_text().count(progress.PREFIX) == 2
