@@ -158,8 +158,8 @@ class FoldsConfig(_Section):
         return self
 
 
-PRESETS = ("tiny", "base", "large")
-PRESET_DEPTH = {"tiny": 4, "base": 12, "large": 24}
+PRESETS = ("tiny", "mini", "base", "large")
+PRESET_DEPTH = {"tiny": 4, "mini": 2, "base": 12, "large": 24}
 PRESET_SAMPLE_RATE_HZ = 16000  # every preset is a HuBERT / wav2vec 2.0 / WavLM layout for 16 kHz audio
 
 
@@ -168,8 +168,9 @@ class ModelConfig(_Section):
 
     backbone: str = Field(
         "facebook/hubert-base-ls960",
-        description="A preset with random weights (`tiny` for CPU tests and the demo, `base`, `large`: HuBERT "
-        "base/large shapes), a hub id, or a local folder written by `save_pretrained`.",
+        description="A preset with random weights (`tiny` for CPU tests; `mini`, the 2-layer group-norm model "
+        "the demo pre-trains; `base`, `large`: HuBERT base/large shapes), a hub id, a local folder written by "
+        "`save_pretrained`, or a gmptl model folder (`gmptl pretrain`'s output, a stage's `best/`).",
     )
     architecture: Literal["hubert", "wav2vec2", "wavlm"] = Field(
         "hubert", description="Encoder family of a preset (hub ids and folders carry their own)."
@@ -179,6 +180,12 @@ class ModelConfig(_Section):
     )
     init_seed: int = Field(
         0, description="Seed of a preset's random weights: every worker must build the same model."
+    )
+    input_norm: Literal["auto", "none", "peak", "std"] = Field(
+        "auto",
+        description="How each waveform is scaled before the CNN: `peak` (max |x| = 1), `std` (zero mean, unit "
+        "variance), `none`; `auto` = what the backbone was trained with (recorded in its config; `mini`: peak; "
+        "hub checkpoints: none, or std where their preprocessor says do_normalize).",
     )
 
 
@@ -551,6 +558,81 @@ class StagesConfig(_Section):
 STAGE_NAMES = ("mtl", "gmp", "utterance")
 
 
+class PretrainStageConfig(TrainConfig):
+    """Masked frame prediction, HuBERT's objective, in every iteration of `gmptl pretrain`."""
+
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate of AdamW.")
+    crop_s: float | None = Field(2.0, gt=0, description="Random crop length in training.")
+    freeze_cnn: bool = Field(
+        False, description="Freeze the CNN feature encoder (false: pre-training learns it)."
+    )
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without a lower validation loss; null = never."
+    )
+    mask_prob: float = Field(
+        0.8, gt=0, lt=1, description="Probability that a frame starts a masked span (HuBERT: 0.8)."
+    )
+    mask_length: int = Field(10, ge=1, description="Frames per masked span (HuBERT: 10).")
+    head_dim: int = Field(256, ge=1, description="Hidden size of each frame head: Linear, tanh, Linear to K.")
+    unmasked_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the cross-entropy on unmasked frames next to the masked frames' (HuBERT: 0).",
+    )
+
+
+class PretrainIteration(_Section):
+    """One HuBERT iteration: cluster frames into targets, then train masked prediction of them."""
+
+    targets: Literal["mfcc"] | int = Field(
+        "mfcc",
+        description="`mfcc`: MFCC frames (with deltas) framed like the backbone's CNN; an integer L: transformer "
+        "layer L (1-based) of the previous iteration's model (of model.backbone in the first iteration).",
+    )
+    k: list[int] = Field(
+        default_factory=lambda: [100], description="Codebook sizes: one target stream per K."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainIteration:
+        if not self.k or min(self.k) < 2 or len(set(self.k)) != len(self.k):
+            raise ValueError(f"k={self.k}: give distinct codebook sizes >= 2")
+        if isinstance(self.targets, int) and self.targets < 1:
+            raise ValueError(f"targets={self.targets}: transformer layers are numbered from 1")
+        return self
+
+
+class MfccConfig(_Section):
+    """The first iteration's targets: MFCC with deltas, one vector per backbone frame."""
+
+    n_mfcc: int = Field(13, ge=1, le=80, description="Cepstral coefficients per frame.")
+    n_mels: int = Field(40, ge=2, le=256, description="Mel bands the coefficients are computed from.")
+    deltas: bool = Field(True, description="Append first and second differences (13 -> 39 dimensions).")
+
+
+class PretrainConfig(_Section):
+    """`gmptl pretrain`: self-supervised masked prediction on the audio of `data` (labels are ignored)."""
+
+    iterations: list[PretrainIteration] = Field(
+        default_factory=lambda: [PretrainIteration(), PretrainIteration(targets=6, k=[500])],
+        min_length=1,
+        description="The HuBERT iterations, in order (default: MFCC K=100, then layer 6 K=500, as HuBERT base).",
+    )
+    init: Literal["backbone", "previous"] = Field(
+        "backbone",
+        description="Where each iteration's weights start: model.backbone (random for a preset, as HuBERT "
+        "does; a model folder or hub id continues it) or the previous iteration's model.",
+    )
+    validation_fraction: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Share of the utterances held out to measure masked-prediction accuracy.",
+    )
+    mfcc: MfccConfig = Field(default_factory=MfccConfig)
+    train: PretrainStageConfig = Field(default_factory=PretrainStageConfig)
+
+
 class Config(_Section):
     """The root of the config tree."""
 
@@ -567,6 +649,7 @@ class Config(_Section):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     clustering: ClusterConfig = Field(default_factory=ClusterConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -780,16 +863,19 @@ def get_key(cfg: Config, key: str) -> Any:
 
 # Keys whose values are local file-system paths (or, for some, URIs that may hold one): the one list that
 # `absolutize`, the job-submission checks and the MLflow default read.
-PATH_KEYS = ("output_dir", "data.root", "runtime.storage_path", "tracking.uri")
+PATH_KEYS = ("output_dir", "data.root", "runtime.storage_path", "tracking.uri", "model.backbone")
 
 
 def local_path(key: str, value: str | None) -> tuple[str, str] | None:
     """(prefix, path) when the value of path key ``key`` names a local file or folder, else None.
 
-    ``tracking.uri`` holds one as ``sqlite:///<path>``; a ``scheme://`` URI (s3, http, ...) holds none.
+    ``tracking.uri`` holds one as ``sqlite:///<path>``; a ``scheme://`` URI (s3, http, ...) holds none;
+    ``model.backbone`` holds one when it names an existing folder (else it is a preset or a hub id).
     """
     if not value:
         return None
+    if key == "model.backbone":
+        return ("", value) if value not in PRESETS and Path(value).expanduser().is_dir() else None
     if key == "tracking.uri":
         return ("sqlite:///", value.removeprefix("sqlite:///")) if value.startswith("sqlite:///") else None
     return None if "://" in value else ("", value)
@@ -879,5 +965,6 @@ def iter_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[s
                 rows.extend(iter_keys(ann, key + "."))
             continue
         default = field.get_default(call_default_factory=True)
-        rows.append((key, _type_name(ann), json.dumps(default), field.description or ""))
+        dumped = json.dumps(default, default=lambda o: o.model_dump(mode="json"))  # a list of sections
+        rows.append((key, _type_name(ann), dumped, field.description or ""))
     return rows

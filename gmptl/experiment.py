@@ -132,7 +132,7 @@ def run_experiment(
             # The step's folder is locked while it runs: a second process (another run on this output_dir,
             # a Tune trial) waits, then finds the step cached instead of writing the same files.
             # A data step spreads over the whole cluster: the jobs of this run take turns.
-            turns = data_turns if step.kind == "data" else contextlib.nullcontext()
+            turns = data_turns if step.kind in ("data", "pretrain") else contextlib.nullcontext()
             with turns, locks.hold(c, steps.folders(c, fold.index, [step.name])):
                 done = step.done(c, fold.index)
                 got[step.name] = step.run(ctx)

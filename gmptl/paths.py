@@ -10,6 +10,8 @@ that produced them, so a changed config can never pick up a stale result::
     <output_dir>/clusters/<features+folds+clustering hash>/fold<i>/   L<layer>_k<K>.npy, kmeans.json
     <output_dir>/labels/<same hash>/fold<i>/             frame-label shards, index.parquet, labels.json
     <output_dir>/train/<stage>/<hash>/fold<i>/          stage.json, best/ (model folder), figures
+    <output_dir>/pretrain/<hash of iterations 1..n>/iter<n>/   features/, clusters/, labels/, train/
+    <output_dir>/pretrain/<hash of all iterations>/      model/ (the pre-trained model folder), pretrain.json
     <output_dir>/ray_results/<stage>-fold<i>-<hash>/    Ray Train checkpoints (runtime.storage_path)
     <output_dir>/mlflow.db, mlartifacts/                MLflow (tracking.uri unset)
     <output_dir>/config.yaml                            the resolved config of the last run
@@ -30,6 +32,7 @@ KMEANS_JSON = "kmeans.json"
 LABELS_JSON = "labels.json"
 LABELS_INDEX = "index.parquet"
 TEST_JSON = "test.json"
+PRETRAIN_JSON = "pretrain.json"
 
 
 def centroids_file(layer: int, k: int) -> str:
@@ -151,6 +154,39 @@ def stage_dir(cfg: Config, fold: int, stage: str) -> Path:
         [to_dict(cfg.data), to_dict(cfg.folds), to_dict(cfg.model), stage, content, upstream]
     )
     return output_dir(cfg) / "train" / stage / key / f"fold{fold}"
+
+
+def _pretrain_key(cfg: Config, upto: int) -> str:
+    """What pre-training iterations 1..upto+1 learn from: the audio, the starting model, the targets, the
+    training settings (without resource keys), the feature and k-means settings that shape the targets."""
+    p = cfg.pretrain
+    features = cfg.features.model_dump(
+        mode="json", exclude={"layers", "num_workers", "num_cpus_per_worker", "num_gpus_per_worker"}
+    )
+    clustering = cfg.clustering.model_dump(
+        mode="json", exclude={"k", "layer", "num_workers", "num_cpus_per_worker", "num_gpus_per_worker"}
+    )
+    return config_hash_of(
+        [to_dict(cfg.data), to_dict(cfg.model), to_dict(p.mfcc), p.init, p.validation_fraction,
+         p.train.model_dump(mode="json", exclude=_RESOURCE_KEYS), features, clustering,
+         [it.model_dump(mode="json") for it in p.iterations[: upto + 1]]]
+    )  # fmt: skip
+
+
+def pretrain_iteration_dir(cfg: Config, i: int) -> Path:
+    """Pre-training iteration ``i`` (0-based): keyed on everything up to it, so adding an iteration reuses the
+    earlier ones."""
+    return output_dir(cfg) / "pretrain" / _pretrain_key(cfg, i) / f"iter{i + 1}"
+
+
+def pretrain_dir(cfg: Config) -> Path:
+    """The finished pre-training: ``model/`` and pretrain.json (the folder of its last iteration)."""
+    return pretrain_iteration_dir(cfg, len(cfg.pretrain.iterations) - 1).parent
+
+
+def pretrain_hash(cfg: Config) -> str:
+    """The pre-training's identity, recorded in the model it writes (a stored model is checked against it)."""
+    return pretrain_dir(cfg).name
 
 
 def stage_run_name(cfg: Config, fold: int, stage: str) -> str:

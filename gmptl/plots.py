@@ -58,8 +58,9 @@ def curves_png(history: list[dict[str, Any]], path: str | Path, title: str = "")
     a.set_xlabel("epoch")
     a.set_title("loss")
     a.legend()
+    accuracies = ("val_frame_acc", "val_masked_acc", "val_unmasked_acc", "train_masked_acc")
     for key in ("val_war", "val_uar") + tuple(
-        k for k in (history[0] if history else {}) if k.startswith("val_frame_acc")
+        k for k in (history[0] if history else {}) if k.startswith(accuracies)
     ):
         if all(key in h for h in history):
             b.plot(epochs, [h[key] for h in history], marker="o", label=key)

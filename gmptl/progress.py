@@ -22,15 +22,19 @@ _ROUTE: dict[str, Any] = {}
 _ROUTE_LOCK = threading.Lock()  # fold threads start their Ray work at the same time
 
 
-def epoch_line(stage: str, fold: int, epochs: int, m: dict[str, Any], metric: str) -> str:
-    """One epoch of one stage of one fold, marked for the driver: loss, the selection metric, the best so far."""
-    parts = [f"{stage:<9} fold {fold}  epoch {int(m['epoch']):>3}/{epochs}"]
+def epoch_line(stage: str, fold: int | str, epochs: int, m: dict[str, Any], metric: str) -> str:
+    """One epoch of one stage of one fold (or ``fold`` = a label such as "iter 2"), marked for the driver:
+    loss, the selection metric, masked-prediction accuracy where there is one, the best so far."""
+    where = fold if isinstance(fold, str) else f"fold {fold}"
+    parts = [f"{stage:<9} {where}  epoch {int(m['epoch']):>3}/{epochs}"]
     if "train_loss" in m:
         parts.append(f"train_loss {m['train_loss']:.4f}")
     if "val_loss" in m:
         parts.append(f"val_loss {m['val_loss']:.4f}")
     if metric in m and metric not in ("val_loss",):
         parts.append(f"{metric} {m[metric]:.3f}")
+    for key in sorted(k for k in m if k.startswith("val_masked_acc_")):
+        parts.append(f"{key} {m[key]:.3f}")
     if m.get("best_score") is not None:
         parts.append(f"(best {m['best_score']:.3f} @ epoch {m['best_epoch']})")
     return PREFIX + "  ".join(parts)

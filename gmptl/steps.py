@@ -10,6 +10,7 @@ runs, so this module stays pure: no Ray, MLflow or torch).
 The graph, for the default GMP-TL configuration::
 
     folds -> mtl -> extract -> cluster -> label -> gmp -> utterance -> evaluate
+    folds -> pretrain                                   (``gmptl pretrain``: a model folder for model.backbone)
 
 Which edges exist depends on the config: ``features.source=pretrained`` cuts ``mtl -> extract``
 (features of ``model.backbone``); ``stages.<stage>.init`` names the model a stage starts from
@@ -29,7 +30,7 @@ from gmptl import files, paths
 from gmptl.config import Config
 from gmptl.errors import ConfigError
 
-Kind = Literal["setup", "data", "train", "evaluate"]
+Kind = Literal["setup", "data", "train", "evaluate", "pretrain"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Step:
         name: the step's name on the command line (``--until``, ``--stage``) and in logs.
         kind: ``setup`` (the corpus, manifest and folds, once per run), ``data`` (spreads over the
             whole cluster: the fold jobs take turns), ``train`` (a Ray Train stage with a
-            ``stages.<name>`` config section) or ``evaluate``.
+            ``stages.<name>`` config section), ``evaluate``, or ``pretrain`` (self-supervised
+            pre-training on the manifest's audio: data and training steps of its own, once per run).
         needs: the steps whose outputs it reads, for a given config.
         keys: config key prefixes that change this step's output and (through ``needs``) every step
             after it; the search planner maps a searched key to the first step it changes.
@@ -157,6 +159,16 @@ GRAPH: tuple[Step, ...] = (
         folder=paths.test_dir,
         marker=paths.TEST_JSON,
         body="gmptl.evaluation.pipeline:evaluate_step",
+    ),
+    Step(
+        "pretrain",
+        "pretrain",
+        lambda cfg: ("folds",),
+        keys=("pretrain.",),
+        folder=lambda cfg, fold: paths.pretrain_dir(cfg),
+        marker=paths.PRETRAIN_JSON,
+        body="gmptl.pretraining.pipeline:pretrain_step",
+        shared=lambda cfg: True,
     ),
 )
 

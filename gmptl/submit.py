@@ -351,7 +351,7 @@ def check_cluster_paths(cfg: Config) -> None:
     problems = [
         f"{key}={value!r} is relative ({fixes[key]})"
         for key, value in non_absolute_paths(cfg).items()
-        if key != "tracking.uri" or cfg.tracking.enabled
+        if (key != "tracking.uri" or cfg.tracking.enabled) and key != "model.backbone"  # checked below
     ]
     bb = cfg.model.backbone
     if bb not in PRESETS and not _is_abs(bb) and (bb.startswith((".", "~")) or Path(bb).exists()):

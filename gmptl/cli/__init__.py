@@ -7,7 +7,7 @@ calls one library function and prints where its outputs went. Errors print one m
 and exit non-zero (2 for config errors, 1 for bad input).
 
 The options every command shares are in ``options.py``; the commands, by topic, in ``pipeline.py``
-(run, extract, cluster, label, train), ``data.py`` (synth, prepare, folds, config), ``tune.py``,
+(run, extract, cluster, label, train, pretrain), ``data.py`` (synth, prepare, folds, config), ``tune.py``,
 ``jobs.py`` (submit, jobs) and ``inference.py`` (predict, export). Each imports its heavy
 dependencies (Ray, torch, MLflow) inside the command. ``python -m gmptl.cli`` runs :func:`main`
 (the entrypoint of submitted jobs).
@@ -21,7 +21,7 @@ from gmptl.cli.data import config_cmd, folds, prepare, synth
 from gmptl.cli.inference import export_command, predict_command
 from gmptl.cli.jobs import jobs_group, submit_command
 from gmptl.cli.options import setup_logging
-from gmptl.cli.pipeline import cluster, extract, label, run, train
+from gmptl.cli.pipeline import cluster, extract, label, pretrain, run, train
 from gmptl.cli.tune import tune
 from gmptl.errors import GmptlError
 
@@ -35,7 +35,7 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
-for _command in (synth, prepare, folds, run, extract, cluster, label, train, config_cmd, tune, submit_command,
+for _command in (synth, prepare, folds, run, extract, cluster, label, train, pretrain, config_cmd, tune, submit_command,
                  jobs_group, predict_command, export_command):  # fmt: skip
     cli.add_command(_command)
 

@@ -137,3 +137,36 @@ def train(config_file: str, stage: str, fold_sel: str, sets: tuple[str, ...]) ->
 def _best_line(m: dict) -> str:
     bm = m["best_metrics"]
     return ", ".join(f"{k}={bm[k]:.3f}" for k in ("val_war", "val_uar", "val_loss") if k in bm)
+
+
+@click.command()
+@config_argument()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Also copy the pre-trained model folder here (replacing what is there).")  # fmt: skip
+@set_option
+def pretrain(config_file: str, out_dir: str | None, sets: tuple[str, ...]) -> None:
+    """Self-supervised pre-training (HuBERT iterations) on the audio of CONFIG_FILE's corpus; resumable.
+
+    The result is a model folder: set model.backbone to it in any job.
+    """
+    from gmptl import files, paths
+    from gmptl.experiment import run_experiment
+
+    cfg = load_for_steps(config_file, sets)
+    out = run_experiment(cfg, until="pretrain", only_folds=[0])
+    report = files.read_marker(paths.pretrain_dir(cfg) / paths.PRETRAIN_JSON)
+    assert report is not None, "the pretrain step returned without its report"
+    click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
+    click.echo(f"audio: {report['audio_hours']:.2f} h, {report['n_utterances']} utterances")
+    for r in report["iterations"]:
+        t = r["train"]
+        acc = ", ".join(f"K={k} {v:.3f}" for k, v in t["masked_acc"].items() if v is not None)
+        click.echo(
+            f"iteration {r['iteration']} ({r['targets']}): masked accuracy {acc} (best epoch {t['best_epoch']})"
+        )
+    model = report["model_dir"]
+    if out_dir:
+        from gmptl.pretraining.pipeline import copy_model
+
+        model = str(copy_model(model, out_dir))
+    click.echo(f"model: {model}\n  use it: --set model.backbone={model}")

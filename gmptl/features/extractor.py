@@ -29,6 +29,8 @@ from gmptl.models.backbone import (
     build_backbone,
     check_layers,
     frame_geometry,
+    input_norm,
+    normalize_input,
     truncate_to,
     uses_attention_mask,
 )
@@ -93,7 +95,7 @@ class FeatureExtractor:
         x = torch.zeros(len(waves), max(lengths))  # (B, T) zero-padded
         for i, w in enumerate(waves):
             x[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        x = x.to(self.device)
+        x = normalize_input(x.to(self.device), torch.tensor(lengths), input_norm(self.model.config))
         mask = None
         if self.use_mask:
             mask = (torch.arange(x.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long().to(self.device)

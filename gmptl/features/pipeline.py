@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from gmptl import files
-from gmptl.config import FeatureConfig, ModelConfig, RuntimeConfig, to_dict
+from gmptl.config import FeatureConfig, MfccConfig, ModelConfig, RuntimeConfig, to_dict
 from gmptl.features import store
 
 log = logging.getLogger(__name__)
@@ -74,16 +74,25 @@ def _decode(row: dict[str, Any], sample_rate_hz: int) -> dict[str, Any]:
 class ShardEncoder:
     """Ray Data actor: loads the backbone once, encodes and writes one shard per call."""
 
-    def __init__(self, model_cfg: dict, features_cfg: dict, folder: str, sample_rate_hz: int, n_threads: int):
+    def __init__(self, model_cfg: dict, features_cfg: dict, folder: str, sample_rate_hz: int, n_threads: int,
+                 mfcc_cfg: dict | None = None):  # fmt: skip
         import torch
 
         from gmptl.features.extractor import FeatureExtractor
 
         torch.set_num_threads(n_threads)
         self.features_cfg = FeatureConfig.model_validate(features_cfg)
-        self.extractor = FeatureExtractor(
-            ModelConfig.model_validate(model_cfg), self.features_cfg, sample_rate_hz
-        )
+        model = ModelConfig.model_validate(model_cfg)
+        self.extractor: Any
+        if mfcc_cfg is not None:
+            from gmptl.features.mfcc import MfccExtractor
+            from gmptl.models.backbone import backbone_config, frame_geometry
+
+            m = MfccConfig.model_validate(mfcc_cfg)
+            geo = frame_geometry(backbone_config(model))  # one MFCC vector per frame of this model
+            self.extractor = MfccExtractor(geo, sample_rate_hz, m.n_mfcc, m.n_mels, m.deltas)
+        else:
+            self.extractor = FeatureExtractor(model, self.features_cfg, sample_rate_hz)
         self.folder = Path(folder)
         self.sample_rate_hz = sample_rate_hz
 
@@ -149,8 +158,13 @@ def extract_features(
     folder: Path,
     sample_rate_hz: int = 16000,
     verify: bool = False,
+    mfcc: MfccConfig | None = None,
 ) -> ExtractResult:
-    """Encode every manifest utterance into ``folder`` (see module docstring); resumable."""
+    """Encode every manifest utterance into ``folder`` (see module docstring); resumable.
+
+    With ``mfcc``, the frames are MFCC vectors aligned to ``model_cfg``'s frames (``features.mfcc.LAYER``)
+    instead of the backbone's hidden states.
+    """
     import ray
 
     from gmptl.runtime import actor_fault_bounds, ensure_ray
@@ -193,6 +207,7 @@ def extract_features(
                 "folder": str(folder),
                 "sample_rate_hz": sample_rate_hz,
                 "n_threads": max(1, int(features_cfg.num_cpus_per_worker)),
+                "mfcc_cfg": to_dict(mfcc) if mfcc is not None else None,
             },
             batch_size=1,
             batch_format="numpy",
@@ -222,6 +237,7 @@ def extract_features(
         "folder": str(folder),
         "model": to_dict(model_cfg),
         "features": to_dict(features_cfg),
+        "mfcc": to_dict(mfcc) if mfcc is not None else None,
     }
     files.write_json(folder / "extract.json", step)
     return result

@@ -30,6 +30,9 @@ from transformers import (
 from gmptl.config import PRESETS, ModelConfig
 from gmptl.errors import ConfigError
 
+# The backbone's input scaling, kept in its own config (so a saved folder carries it): see normalize_input.
+INPUT_NORM_ATTR = "gmptl_input_norm"
+
 _FAMILIES = {
     "hubert": (HubertConfig, HubertModel),
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
@@ -48,6 +51,18 @@ def preset_config(name: str, architecture: str = "hubert") -> PretrainedConfig:
             feat_extract_norm="layer", hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
             feat_proj_dropout=0.0, layerdrop=0.0,
         )  # fmt: skip
+    if name == "mini":
+        # The 2-layer model the demo pre-trains: a group-norm CNN (the library default, as HuBERT base) keeps
+        # each utterance's loudness contour, which the per-frame layer norm of `tiny` removes; peak-normalised
+        # input makes it independent of the recording level.
+        config = config_cls(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+            conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=16,
+            feat_extract_norm="group", hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+            feat_proj_dropout=0.0, layerdrop=0.0,
+        )  # fmt: skip
+        setattr(config, INPUT_NORM_ATTR, "peak")
+        return config
     if name == "base":
         return config_cls()  # the library defaults are the base shapes (768 x 12, group-norm CNN)
     if name == "large":
@@ -65,12 +80,59 @@ def build_backbone(cfg: ModelConfig) -> PreTrainedModel:
         # Seeded so every Ray worker that builds the preset holds identical weights.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
-            return _FAMILIES[cfg.architecture][1](config)
-    return load_pretrained(cfg.backbone, offline=cfg.offline)
+            model = _FAMILIES[cfg.architecture][1](config)
+    else:
+        model = load_pretrained(cfg.backbone, offline=cfg.offline)
+    if cfg.input_norm != "auto":
+        setattr(model.config, INPUT_NORM_ATTR, cfg.input_norm)  # saved with the model from here on
+    return model
+
+
+def backbone_folder(name_or_path: str) -> str:
+    """Where the weights of ``model.backbone`` are: a gmptl model folder keeps them in ``backbone/``."""
+    local = Path(name_or_path).expanduser()
+    if (local / "model.json").is_file() and (local / "backbone" / "config.json").is_file():
+        return str(local / "backbone")
+    return name_or_path
+
+
+def _declared_norm(folder: Path) -> str | None:
+    """A hub checkpoint's input scaling, from its ``preprocessor_config.json`` (do_normalize: std)."""
+    meta = folder / "preprocessor_config.json"
+    try:
+        return "std" if json.loads(meta.read_text()).get("do_normalize") else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def input_norm(config: PretrainedConfig) -> str:
+    """How the backbone scales its input waveform: ``none``, ``peak`` or ``std``."""
+    return getattr(config, INPUT_NORM_ATTR, "none") or "none"
+
+
+def normalize_input(wave: torch.Tensor, n_samples: torch.Tensor, mode: str) -> torch.Tensor:
+    """Scale each row of a zero-padded batch (B, T) over its ``n_samples`` valid samples; padding stays 0.
+
+    Applied inside every forward (training, evaluation, extraction, prediction), so a backbone sees its
+    input scaled one way wherever it runs. ``peak``: max |x| = 1; ``std``: zero mean, unit variance.
+    """
+    if mode == "none":
+        return wave
+    valid = torch.arange(wave.shape[1], device=wave.device)[None, :] < n_samples.to(wave.device)[:, None]
+    if mode == "peak":
+        peak = wave.abs().masked_fill(~valid, 0).amax(dim=1, keepdim=True)
+        return wave / peak.clamp_min(1e-8)
+    if mode == "std":
+        n = valid.sum(dim=1, keepdim=True).clamp_min(1)
+        mean = wave.masked_fill(~valid, 0).sum(dim=1, keepdim=True) / n
+        var = ((wave - mean).masked_fill(~valid, 0) ** 2).sum(dim=1, keepdim=True) / n
+        return ((wave - mean) / torch.sqrt(var + 1e-7)).masked_fill(~valid, 0)
+    raise ValueError(f"input normalisation {mode!r}: expected none, peak or std")
 
 
 def load_pretrained(name_or_path: str, offline: bool = True) -> PreTrainedModel:
     """`AutoModel.from_pretrained`, with an error that says how to provide missing weights."""
+    name_or_path = backbone_folder(name_or_path)
     local = Path(name_or_path).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise ConfigError(
@@ -81,6 +143,8 @@ def load_pretrained(name_or_path: str, offline: bool = True) -> PreTrainedModel:
         config = AutoConfig.from_pretrained(
             str(local) if local.exists() else name_or_path, local_files_only=offline
         )
+        if local.exists() and not hasattr(config, INPUT_NORM_ATTR) and (norm := _declared_norm(local)):
+            setattr(config, INPUT_NORM_ATTR, norm)
         return AutoModel.from_pretrained(
             str(local) if local.exists() else name_or_path, config=config, local_files_only=offline
         )
@@ -143,11 +207,16 @@ def uses_attention_mask(model: PreTrainedModel) -> bool:
 def check_sample_rate(cfg: ModelConfig, sample_rate_hz: int) -> None:
     """A saved model folder that records its audio rate (``preprocessor_config.json``) must match
     ``data.sample_rate_hz`` (presets are checked when the config loads)."""
-    meta = Path(cfg.backbone).expanduser() / "preprocessor_config.json"
-    if cfg.backbone in PRESETS or not meta.is_file():
+    if cfg.backbone in PRESETS:
+        return
+    folder = Path(cfg.backbone).expanduser()
+    meta, key = folder / "preprocessor_config.json", "sampling_rate"
+    if (folder / "model.json").is_file():
+        meta, key = folder / "model.json", "sample_rate_hz"  # a gmptl model folder
+    if not meta.is_file():
         return
     try:
-        rate = json.loads(meta.read_text()).get("sampling_rate")
+        rate = json.loads(meta.read_text()).get(key)
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.backbone={cfg.backbone}: {meta.name} is unreadable ({e})") from None
     if rate is not None and int(rate) != sample_rate_hz:
@@ -164,7 +233,7 @@ def backbone_config(cfg: ModelConfig, init_dir: str | Path | None = None) -> Pre
     if cfg.backbone in PRESETS:
         return preset_config(cfg.backbone, cfg.architecture)
     try:
-        return AutoConfig.from_pretrained(cfg.backbone, local_files_only=cfg.offline)
+        return AutoConfig.from_pretrained(backbone_folder(cfg.backbone), local_files_only=cfg.offline)
     except OSError:
         load_pretrained(cfg.backbone, cfg.offline)  # raises the explanatory ConfigError
         raise

@@ -29,7 +29,13 @@ from transformers import PreTrainedModel
 from gmptl import files
 from gmptl.config import STAGE_NAMES, ModelConfig, TrainConfig
 from gmptl.errors import GmptlError
-from gmptl.models.backbone import build_backbone, load_pretrained, uses_attention_mask
+from gmptl.models.backbone import (
+    build_backbone,
+    input_norm,
+    load_pretrained,
+    normalize_input,
+    uses_attention_mask,
+)
 from gmptl.models.heads import CosineClassifier, FrameHead, build_pooling
 
 MODEL_JSON = "model.json"
@@ -88,6 +94,7 @@ class SERModel(nn.Module):
         attn = None
         if self.use_mask:
             attn = (torch.arange(wave.shape[1], device=wave.device)[None, :] < n_samples[:, None]).long()
+        wave = normalize_input(wave, n_samples, input_norm(self.backbone.config))
         out = self.backbone(wave, attention_mask=attn, mask_time_indices=mask_time_indices)
         h = out.last_hidden_state  # (B, F, D)
         n = self.n_frames(n_samples).to(h.device)  # (B,)
@@ -255,7 +262,7 @@ def validate_model_meta(meta: Any, meta_path: Path) -> dict[str, Any]:
         "window_s": (lambda v: v is None or _number_in(v, 0, 3600), "seconds in (0, 3600] or null"),
         "scale": (lambda v: _number_in(v, 0, 10000), "a number in (0, 10000]"),
         "loss": (lambda v: isinstance(v, str), "a string"),
-        "stage": (lambda v: v in STAGE_NAMES, f"one of {list(STAGE_NAMES)}"),
+        "stage": (lambda v: v in (*STAGE_NAMES, "pretrain"), f"one of {[*STAGE_NAMES, 'pretrain']}"),
         "fold": (lambda v: _int_in(v, 0, 10**6), "an integer >= 0"),
         "best_epoch": (lambda v: v is None or _int_in(v, 0, 10**9), "an integer >= 0"),
         "config_hash": (lambda v: isinstance(v, str), "a string"),

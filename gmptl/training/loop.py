@@ -31,6 +31,8 @@ class EpochStats:
     confusion: np.ndarray | None = None  # (C, C) emotion counts, stages 0 and 2
     frame_hits: dict[str, int] = field(default_factory=dict)  # stream -> frames predicted right
     frame_count: int = 0  # valid frames scored
+    masked_hits: dict[str, int] = field(default_factory=dict)  # stream -> masked frames predicted right
+    masked_count: int = 0  # valid masked frames scored
     real_samples: int = 0
     padded_samples: int = 0
     n_steps: int = 0
@@ -49,6 +51,12 @@ class EpochStats:
             out |= {f"{prefix}{k}": v for k, v in metrics.summarize(self.confusion, labels).items()}
         if self.frame_count:
             out |= {f"{prefix}frame_acc_{k}": v / self.frame_count for k, v in self.frame_hits.items()}
+        if self.masked_count:
+            out |= {f"{prefix}masked_acc_{k}": v / self.masked_count for k, v in self.masked_hits.items()}
+            rest = self.frame_count - self.masked_count
+            if rest > 0:
+                out |= {f"{prefix}unmasked_acc_{k}": (self.frame_hits[k] - v) / rest
+                        for k, v in self.masked_hits.items()}  # fmt: skip
         if self.padded_samples:
             out[f"{prefix}padding_waste"] = 1.0 - self.real_samples / self.padded_samples
         if self.wall_s > 0:
@@ -62,11 +70,20 @@ def all_reduce_stats(stats: EpochStats) -> EpochStats:
         return stats
     part_keys = sorted(stats.parts)
     hit_keys = sorted(stats.frame_hits)
+    masked_keys = sorted(stats.masked_hits)
     assert stats.confusion is not None
     vec = torch.tensor(
-        [stats.loss_sum, stats.n_examples, stats.frame_count, stats.real_samples, stats.padded_samples]
+        [
+            stats.loss_sum,
+            stats.n_examples,
+            stats.frame_count,
+            stats.real_samples,
+            stats.padded_samples,
+            stats.masked_count,
+        ]
         + [stats.parts[k] for k in part_keys]
         + [stats.frame_hits[k] for k in hit_keys]
+        + [stats.masked_hits[k] for k in masked_keys]
         + stats.confusion.ravel().tolist(),
         dtype=torch.float64,
     )
@@ -74,17 +91,20 @@ def all_reduce_stats(stats: EpochStats) -> EpochStats:
     wall = torch.tensor([stats.wall_s], dtype=torch.float64)
     dist.all_reduce(wall, op=dist.ReduceOp.MAX)
     v = vec.tolist()
-    n_p, n_h = len(part_keys), len(hit_keys)
+    head, v = v[:6], v[6:]
+    n_p, n_h, n_m = len(part_keys), len(hit_keys), len(masked_keys)
     return EpochStats(
         n_classes=stats.n_classes,
-        loss_sum=v[0],
-        n_examples=int(v[1]),
-        frame_count=int(v[2]),
-        real_samples=int(v[3]),
-        padded_samples=int(v[4]),
-        parts=dict(zip(part_keys, v[5 : 5 + n_p], strict=True)),
-        frame_hits={k: int(x) for k, x in zip(hit_keys, v[5 + n_p : 5 + n_p + n_h], strict=True)},
-        confusion=np.rint(v[5 + n_p + n_h :]).astype(np.int64).reshape(stats.n_classes, stats.n_classes),
+        loss_sum=head[0],
+        n_examples=int(head[1]),
+        frame_count=int(head[2]),
+        real_samples=int(head[3]),
+        padded_samples=int(head[4]),
+        masked_count=int(head[5]),
+        parts=dict(zip(part_keys, v[:n_p], strict=True)),
+        frame_hits={k: int(x) for k, x in zip(hit_keys, v[n_p : n_p + n_h], strict=True)},
+        masked_hits={k: int(x) for k, x in zip(masked_keys, v[n_p + n_h : n_p + n_h + n_m], strict=True)},
+        confusion=np.rint(v[n_p + n_h + n_m :]).astype(np.int64).reshape(stats.n_classes, stats.n_classes),
         n_steps=stats.n_steps,
         wall_s=float(wall.item()),
     )
@@ -156,7 +176,8 @@ def run_epoch(
 
     In training, ``stage.cfg.grad_accum_steps`` micro-batches make one optimizer step
     (DDP gradient sync only on the last: ``no_sync``), gradients are clipped to
-    ``max_grad_norm``, and time masking uses ``mask_gen``.
+    ``max_grad_norm``, and time masking uses ``mask_gen``. A stage that ``masks_in_eval`` is masked
+    in evaluation too (``mask_gen`` then fixes which frames).
     """
     train = optimizer is not None
     cfg = stage.cfg
@@ -172,7 +193,7 @@ def run_epoch(
         for batch, last in _with_last(batches):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             masked = None
-            if train and cfg.mask_prob > 0:
+            if cfg.mask_prob > 0 and (train or (stage.masks_in_eval and mask_gen is not None)):
                 n_fr = inner.n_frames(batch["n_samples"]).cpu()
                 width = int(inner.n_frames(torch.tensor(batch["wave"].shape[1])))
                 masked = span_mask(n_fr, width, cfg.mask_prob, cfg.mask_length, mask_gen).to(device)
@@ -226,8 +247,13 @@ def run_epoch(
             if stage.uses_frame_labels:
                 valid = out["valid"]
                 stats.frame_count += int(valid.sum())
+                if masked is not None:
+                    stats.masked_count += int((valid & masked).sum())
                 for k in stage.ks:
                     hit = (out[f"k{k}"].argmax(-1) == batch[f"frames_k{k}"]) & valid
                     stats.frame_hits[f"k{k}"] = stats.frame_hits.get(f"k{k}", 0) + int(hit.sum())
+                    if masked is not None:
+                        n_hit = int((hit & masked).sum())
+                        stats.masked_hits[f"k{k}"] = stats.masked_hits.get(f"k{k}", 0) + n_hit
     stats.wall_s = time.perf_counter() - t0
     return stats

@@ -37,7 +37,7 @@ from gmptl.models.backbone import backbone_config, frame_geometry
 from gmptl.models.factory import BACKBONE_DIR, SERModel, build_model, save_model
 from gmptl.training import data as tdata
 from gmptl.training.checkpoint import load_checkpoint
-from gmptl.training.stages import make_stage
+from gmptl.training.stages import make_stage, stage_config
 from gmptl.training.worker import FAULT_ENV
 
 log = logging.getLogger(__name__)
@@ -104,31 +104,20 @@ def train_stage(
 
     ``callbacks`` go to the Ray Train RunConfig (a Tune trial passes its report callback here).
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from gmptl.runtime import ensure_ray
-    from gmptl.training.worker import train_loop_per_worker
-
     if stage not in steps.train_stages():
         raise TrainingError(f"--stage {stage!r}: expected one of {steps.train_stages()}")
     out = paths.stage_dir(cfg, fold.index, stage)
     if (done := files.read_marker(out / paths.STAGE_JSON)) is not None:
         log.info("stage %s fold %d: finished before (%s)", stage, fold.index, out)
         return done
-    s = getattr(cfg.stages, stage)
     init_dir, labels_dir = _upstream(cfg, fold, stage)
     labels = class_names(df)
-    sr = cfg.data.sample_rate_hz
     train_df, val_df = fold.select(df, "train"), fold.select(df, "validation")
     if train_df.empty or val_df.empty:
         raise TrainingError(
             f"fold {fold.index} ({fold.name}) has {len(train_df)} training and {len(val_df)} validation utterances"
         )
-    hop, rf = frame_geometry(backbone_config(cfg.model, Path(init_dir) / BACKBONE_DIR if init_dir else None))
     run_name = paths.stage_run_name(cfg, fold.index, stage)
-
-    uri = None
     run = None
     if cfg.tracking.enabled:
         uri = tracking.resolve_uri(cfg)
@@ -141,21 +130,60 @@ def train_stage(
             parent=parent,
         )  # fmt: skip
         run.log_manifest(paths.manifest_path(cfg), len(df), config_hash(cfg.data), "training")
+    ks = list(cfg.clustering.k) if stage == "gmp" else []
+    return fit_stage(
+        cfg, stage, train_df, val_df, labels=labels, ks=ks, init_dir=init_dir, labels_dir=labels_dir, out=out,
+        run_name=run_name, run=run, fold=fold.index, where=f"fold {fold.index}",
+        manifest={"fold_name": fold.name}, callbacks=callbacks,
+    )  # fmt: skip
+
+
+def fit_stage(
+    cfg: Config,
+    stage: str,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    *,
+    labels: list[str],
+    ks: list[int],
+    init_dir: str | None,
+    labels_dir: str | None,
+    out: Path,
+    run_name: str,
+    run: tracking.Run | None,
+    fold: int | None,
+    where: str,
+    manifest: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """One Ray Train fit of ``stage`` (any stage, pre-training included) on these utterances, resumed from
+    ``run_name``'s checkpoints; the best epoch becomes the model folder ``out/best`` and ``out/stage.json``
+    (plus ``manifest``) is written last. Returns the contents of stage.json."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from gmptl.runtime import ensure_ray
+    from gmptl.training.worker import train_loop_per_worker
+
+    s = stage_config(cfg, stage)
+    sr = cfg.data.sample_rate_hz
+    hop, rf = frame_geometry(backbone_config(cfg.model, Path(init_dir) / BACKBONE_DIR if init_dir else None))
     job = {
         "config": to_dict(cfg),
         "stage": stage,
-        "fold": fold.index,
+        "fold": fold,
+        "where": where,
         "labels": labels,
         "train": _rows(train_df, labels, sr),
         "validation": _rows(val_df, labels, sr),
-        "ks": list(cfg.clustering.k) if stage == "gmp" else [],
+        "ks": ks,
         "labels_dir": labels_dir,
         "init_dir": init_dir,
         "geometry": [hop, rf],
-        "mlflow": {"uri": uri, "run_id": run.run_id} if run else None,
+        "mlflow": {"uri": run.uri, "run_id": run.run_id} if run else None,
         "fault": os.environ.get(FAULT_ENV),
     }
-    metric, mode = make_stage(stage, s, len(labels), job["ks"] or None).selection
+    metric, mode = make_stage(stage, s, len(labels), ks or None).selection
     ensure_ray(cfg.runtime)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -175,7 +203,7 @@ def train_stage(
             callbacks=callbacks,
         ),
     )
-    log.info("stage %s fold %d: %d train / %d validation utterances, run %s", stage, fold.index,
+    log.info("stage %s %s: %d train / %d validation utterances, run %s", stage, where,
              len(train_df), len(val_df), run_name)  # fmt: skip
     try:
         result = trainer.fit()
@@ -183,10 +211,10 @@ def train_stage(
         if run:
             run.finish("FAILED")
         raise TrainingError(
-            f"stage {stage} fold {fold.index} failed: {e}\n(rerun the same command to resume from the last "
+            f"stage {stage} {where} failed: {e}\n(rerun the same command to resume from the last "
             f"checkpoint in {paths.storage_path(cfg)}/{run_name})"
         ) from e
-    return _finish(cfg, stage, fold, out, result, metric, mode, labels, job, run, run_name)
+    return _finish(cfg, stage, fold, where, out, result, metric, mode, labels, job, run, manifest or {})
 
 
 def _close_stage_run(run: tracking.Run, out: Path, figures: dict[str, str], best_epoch: int) -> None:
@@ -213,20 +241,22 @@ def _best(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
     return pick(pairs, key=lambda cm: cm[1]["score"])
 
 
-def _finish(cfg: Config, stage: str, fold: Fold, out: Path, result: Any, metric: str, mode: str,
-            labels: list[str], job: dict[str, Any], run: tracking.Run | None, run_name: str) -> dict[str, Any]:  # fmt: skip
+def _finish(cfg: Config, stage: str, fold: int | None, where: str, out: Path, result: Any, metric: str, mode: str,
+            labels: list[str], job: dict[str, Any], run: tracking.Run | None, more: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Export the best epoch as a model folder, draw the figures, write stage.json, log artifacts."""
     from gmptl.plots import confusion_png, curves_png
 
     ckpt, best = _best(result, metric, mode)
     last_state: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        stage_obj = make_stage(stage, getattr(cfg.stages, stage), len(labels), job["ks"] or None)
+        stage_obj = make_stage(stage, stage_config(cfg, stage), len(labels), job["ks"] or None)
         model: SERModel = build_model(cfg.model, stage_obj.head_spec(), job["init_dir"])
         with ckpt.as_directory() as d:
             load_checkpoint(d, model)
-        extra = {"labels": labels, "stage": stage, "fold": fold.index, "best_epoch": best["epoch"],
+        extra = {"labels": labels, "stage": stage, "best_epoch": best["epoch"],
                  "config_hash": config_hash(cfg), "sample_rate_hz": cfg.data.sample_rate_hz}  # fmt: skip
+        if fold is not None:
+            extra["fold"] = fold
         if stage == "utterance":
             extra |= {"loss": cfg.stages.utterance.loss, "scale": cfg.stages.utterance.scale}
         save_model(model.eval(), Path(tmp) / "best", extra)
@@ -238,19 +268,15 @@ def _finish(cfg: Config, stage: str, fold: Fold, out: Path, result: Any, metric:
         out.mkdir(parents=True)
         shutil.move(str(Path(tmp) / "best"), out / "best")
     history = last_state.get("history", [])
-    figures = (
-        {"curves": str(curves_png(history, out / "curves.png", f"{stage} fold {fold.index}"))}
-        if history
-        else {}
-    )
+    figures = {"curves": str(curves_png(history, out / "curves.png", f"{stage} {where}"))} if history else {}
     if best.get("val_confusion"):
         cm = np.asarray(best["val_confusion"])
         figures["confusion"] = str(confusion_png(cm, labels, out / "confusion.png",
-                                                 f"{stage} fold {fold.index} validation (epoch {best['epoch']})"))  # fmt: skip
+                                                 f"{stage} {where} validation (epoch {best['epoch']})"))  # fmt: skip
     manifest = {
         "stage": stage,
-        "fold": fold.index,
-        "fold_name": fold.name,
+        "fold": fold,
+        **more,
         "config_hash": config_hash(cfg),
         "inputs": {"init_dir": job["init_dir"], "labels_dir": job["labels_dir"]},
         "n_train": len(job["train"]),
@@ -271,6 +297,6 @@ def _finish(cfg: Config, stage: str, fold: Fold, out: Path, result: Any, metric:
     files.write_json(out / paths.STAGE_JSON, manifest)
     if run:
         _close_stage_run(run, out, figures, best["epoch"])
-    log.info("stage %s fold %d: best epoch %d, %s=%.4f -> %s", stage, fold.index, best["epoch"], metric,
+    log.info("stage %s %s: best epoch %d, %s=%.4f -> %s", stage, where, best["epoch"], metric,
              best["score"], out)  # fmt: skip
     return manifest

@@ -11,6 +11,10 @@ The stages share the loop (:mod:`gmptl.training.loop`) and the Ray glue
   that best predicts the pseudo-labels of unseen speakers).
 - ``utterance`` (stage 2): a cosine classifier with AM-Softmax (or a linear layer
   with cross-entropy, the ablation); selected on validation UAR.
+- ``pretrain`` (``gmptl pretrain``): stage 1's frame heads and targets on unlabeled
+  audio: cross-entropy on masked frames plus ``unmasked_weight`` times that on the
+  unmasked ones; validation is masked too (with a fixed mask), so it measures
+  masked-prediction accuracy; selected on validation loss.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from typing import Any
 
 import torch
 
-from gmptl.config import GMPStageConfig, MTLStageConfig, TrainConfig, UtteranceStageConfig
+from gmptl.config import (
+    Config,
+    GMPStageConfig,
+    MTLStageConfig,
+    PretrainStageConfig,
+    TrainConfig,
+    UtteranceStageConfig,
+)
 from gmptl.training import losses
 
 
@@ -35,15 +46,20 @@ class Stage:
     @property
     def selection(self) -> tuple[str, str]:
         """(validation metric, "max" | "min") that picks the best epoch and drives early stopping."""
-        return ("val_loss", "min") if self.name == "gmp" else ("val_uar", "max")
+        return ("val_loss", "min") if self.uses_frame_labels else ("val_uar", "max")
 
     @property
     def uses_frame_labels(self) -> bool:
-        return self.name == "gmp"
+        return self.name in ("gmp", "pretrain")
 
     @property
     def scores_emotion(self) -> bool:
-        return self.name != "gmp"
+        return not self.uses_frame_labels
+
+    @property
+    def masks_in_eval(self) -> bool:
+        """Validation masks frames too (with a fixed generator): what pre-training measures is masked prediction."""
+        return self.name == "pretrain"
 
     def head_spec(self) -> dict[str, Any]:
         c = self.cfg
@@ -55,7 +71,7 @@ class Stage:
                     "gender": {"type": "linear", "n_classes": 2},
                 },
             }
-        if isinstance(c, GMPStageConfig):
+        if isinstance(c, GMPStageConfig | PretrainStageConfig):
             return {
                 "frame_heads": {
                     f"k{k}": {"type": "frame", "hidden": c.head_dim, "n_classes": k} for k in self.ks
@@ -90,6 +106,19 @@ class Stage:
                 {n: out[n] for n in names}, {n: batch[f"frames_{n}"] for n in names}, select
             )
             return total, {f"ce_{n}": v for n, v in per.items()}
+        if isinstance(c, PretrainStageConfig):
+            names = [f"k{k}" for k in self.ks]
+            logits, targets = {n: out[n] for n in names}, {n: batch[f"frames_{n}"] for n in names}
+            if masked is None:  # no mask drawn: every valid frame counts
+                total, per = losses.frame_cross_entropy(logits, targets, out["valid"])
+                return total, {f"ce_{n}": v for n, v in per.items()}
+            total, per = losses.frame_cross_entropy(logits, targets, out["valid"] & masked)
+            parts = {f"ce_masked_{n}": v for n, v in per.items()}
+            if c.unmasked_weight > 0:
+                rest, per_u = losses.frame_cross_entropy(logits, targets, out["valid"] & ~masked)
+                total = total + c.unmasked_weight * rest
+                parts |= {f"ce_unmasked_{n}": v for n, v in per_u.items()}
+            return total, parts
         assert isinstance(c, UtteranceStageConfig)
         if c.loss == "amsoftmax":
             loss = losses.am_softmax(out["emotion"], batch["emotion"], c.scale, c.margin, self.weight)
@@ -98,12 +127,25 @@ class Stage:
         return loss, {}
 
 
+_CONFIGS = {
+    "mtl": MTLStageConfig,
+    "gmp": GMPStageConfig,
+    "utterance": UtteranceStageConfig,
+    "pretrain": PretrainStageConfig,
+}
+
+
+def stage_config(cfg: Config, name: str) -> TrainConfig:
+    """The settings of a training stage: ``stages.<name>``, or ``pretrain.train`` for pre-training."""
+    return cfg.pretrain.train if name == "pretrain" else getattr(cfg.stages, name)
+
+
 def make_stage(name: str, cfg: TrainConfig, n_emotions: int, ks: list[int] | None = None) -> Stage:
-    expected = {"mtl": MTLStageConfig, "gmp": GMPStageConfig, "utterance": UtteranceStageConfig}[name]
+    expected = _CONFIGS[name]
     if not isinstance(cfg, expected):
         raise TypeError(f"stage {name!r} needs a {expected.__name__}, got {type(cfg).__name__}")
-    if name == "gmp" and not ks:
-        raise ValueError("stage gmp needs the K of every GMP stream (clustering.k)")
+    if name in ("gmp", "pretrain") and not ks:
+        raise ValueError(f"stage {name} needs the K of every target stream")
     return Stage(name, cfg, n_emotions, list(ks or []))
 
 

@@ -25,7 +25,7 @@ from gmptl.progress import epoch_line
 from gmptl.training import data as tdata
 from gmptl.training.checkpoint import load_checkpoint, save_checkpoint
 from gmptl.training.loop import EpochStats, all_reduce_stats, lr_lambda, run_epoch
-from gmptl.training.stages import make_stage, should_stop, track_best
+from gmptl.training.stages import make_stage, should_stop, stage_config, track_best
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = Config.model_validate(job["config"])
-    stage_cfg = getattr(cfg.stages, job["stage"])
+    stage_cfg = stage_config(cfg, job["stage"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -162,8 +162,12 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         val_loader = ([tdata.Request(i) for i in b] for b in val_batches)
         # Evaluate the unwrapped module: DDP's forward would start collectives that ranks with
         # different numbers of validation batches never match.
+        # A fixed validation mask (same frames every epoch): masked-prediction accuracy is comparable over epochs.
+        val_masks = torch.Generator().manual_seed(_seed(stage_cfg.seed, rank, 4))
         val_stats: EpochStats = all_reduce_stats(
-            run_epoch(inner, (val_ds.collate(r) for r in val_loader), stage, device, bf16=bf16)
+            run_epoch(
+                inner, (val_ds.collate(r) for r in val_loader), stage, device, bf16=bf16, mask_gen=val_masks
+            )
         )
         m = {"epoch": epoch, "lr": lr, "repeated_batches": n_repeated}
         m |= train_stats.metrics("train_", labels, sr) | val_stats.metrics("val_", labels, sr)
@@ -177,7 +181,10 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
             best_effort(f"epoch {epoch}'s metrics", run.log_metrics,
                         {k: v for k, v in m.items() if isinstance(v, (int, float))}, step=epoch)  # fmt: skip
         if rank == 0:
-            print(epoch_line(job["stage"], job["fold"], stage_cfg.epochs, m, metric), flush=True)
+            print(
+                epoch_line(job["stage"], job.get("where", job["fold"]), stage_cfg.epochs, m, metric),
+                flush=True,
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(tmp, inner, optimizer, scheduler, state)
                 ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -80,6 +80,7 @@ LEVELS = {
     "training": 5,
     "evaluation": 6,
     "inference": 6,
+    "pretraining": 6,
     "experiment": 7,
     "ablations": 7,
     "tuning": 8,
