@@ -181,6 +181,11 @@ class ModelConfig(_Section):
     init_seed: int = Field(
         0, description="Seed of a preset's random weights: every worker must build the same model."
     )
+    transductive: bool = Field(
+        False,
+        description="Allow a model.backbone pre-trained on audio of this run's test speakers (refused otherwise); "
+        "the report then says the evaluation is transductive.",
+    )
     input_norm: Literal["auto", "none", "peak", "std"] = Field(
         "auto",
         description="How each waveform is scaled before the CNN: `peak` (max |x| = 1), `std` (zero mean, unit "
@@ -947,6 +952,8 @@ def _type_name(ann: Any) -> str:
         return "one of " + "/".join(str(a) for a in args)
     if typing.get_origin(ann) in (types.UnionType, typing.Union):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if args and isinstance(args[0], type) and issubclass(args[0], BaseModel):  # a list of sections
+        return f"list of {{{', '.join(args[0].model_fields)}}}"
     if args:
         return f"{typing.get_origin(ann).__name__}[{', '.join(_type_name(a) for a in args)}]"
     return getattr(ann, "__name__", str(ann))

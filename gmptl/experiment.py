@@ -114,6 +114,10 @@ def run_experiment(
         prep = prepare_folds(cfg, status)
     folds = select_folds(prep.folds, only_folds)
     todo = [steps.get(n) for n in plan(cfg, until) if steps.get(n).kind != "setup"]
+    if any(s.kind == "train" for s in todo):
+        from gmptl.pretraining.provenance import check_speaker_independent
+
+        check_speaker_independent(cfg, sorted({s for f in folds for s in f.test_speakers}))
     if todo:
         start_ray(cfg)
     training = [s.name for s in todo if s.kind == "train"]

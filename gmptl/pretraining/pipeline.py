@@ -195,6 +195,7 @@ def run_pretraining(cfg: Config, df: pd.DataFrame, parent: Any = None) -> dict[s
     provenance = {
         "config_hash": paths.pretrain_hash(cfg),
         "corpus": cfg.data.corpus,
+        "synth": to_dict(cfg.data.synth) if cfg.data.corpus == "synthetic" else None,
         "audio_hours": audio_h,
         "n_utterances": int(len(df)),
         "speakers": sorted(df.speaker.astype(str).unique().tolist()),

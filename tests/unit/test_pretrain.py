@@ -182,3 +182,33 @@ def test_the_stored_demo_backbone_loads_and_matches_its_job_file():
     assert input_norm(model.config) == "peak" and model.config.num_hidden_layers == 2
     size = sum(f.stat().st_size for f in STORED.rglob("*") if f.is_file())
     assert size < 2_000_000, f"the stored backbone is {size} bytes: keep it small"
+
+
+def test_a_backbone_pretrained_on_test_speakers_is_refused_unless_transductive(tmp_path):
+    from gmptl.config import to_dict
+    from gmptl.errors import ConfigError
+    from gmptl.pretraining.provenance import check_speaker_independent, seen_test_speakers
+
+    demo = load_config(ROOT / "jobs" / "demo.yaml")
+    model = build_model(
+        ModelConfig(backbone="mini"), {"frame_heads": {"k4": {"type": "frame", "hidden": 8, "n_classes": 4}}}
+    )
+    record = {
+        "corpus": "synthetic",
+        "synth": to_dict(demo.data.synth),
+        "speakers": ["Ses01_F", "Ses01_M", "Ses02_F"],
+    }
+    save_model(model, tmp_path / "m", {"pretrain": record})
+    cfg = load_config(
+        ROOT / "jobs" / "demo.yaml", [f"model.backbone={tmp_path / 'm'}", "features.layers=[2]"]
+    )
+    assert seen_test_speakers(cfg, ["Ses01_F", "Ses03_F"]) == ["Ses01_F"]
+    with pytest.raises(ConfigError, match=r"test speakers \['Ses01_F'\].*model.transductive=true"):
+        check_speaker_independent(cfg, ["Ses01_F", "Ses03_F"])
+    check_speaker_independent(cfg, ["Ses03_F"])  # not heard
+    other_voices = load_config(ROOT / "jobs" / "demo.yaml", [f"model.backbone={tmp_path / 'm'}", "features.layers=[2]",
+                                                            "data.synth.seed=5"])  # fmt: skip
+    assert seen_test_speakers(other_voices, ["Ses01_F"]) == []  # same names, other voices
+    allowed = load_config(ROOT / "jobs" / "demo.yaml", [f"model.backbone={tmp_path / 'm'}", "features.layers=[2]",
+                                                       "model.transductive=true"])  # fmt: skip
+    check_speaker_independent(allowed, ["Ses01_F"])

@@ -1,0 +1,50 @@
+"""Which test speakers a pre-trained ``model.backbone`` has heard (no Ray, no torch).
+
+``gmptl pretrain`` records in the model's ``model.json`` the corpus and speakers it learned from. A run
+that evaluates on speakers the backbone was pre-trained on is no longer speaker-independent: that is
+refused unless ``model.transductive`` says it is intended (the report then says so).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gmptl.config import PRESETS, Config, to_dict
+from gmptl.errors import ConfigError
+
+
+def provenance(cfg: Config) -> dict[str, Any] | None:
+    """The ``pretrain`` record of a gmptl model folder given as model.backbone (None for anything else)."""
+    from gmptl.models.factory import MODEL_JSON, read_model_json
+
+    folder = Path(cfg.model.backbone).expanduser()
+    if cfg.model.backbone in PRESETS or not (folder / MODEL_JSON).is_file():
+        return None
+    return read_model_json(folder).get("pretrain")
+
+
+def same_audio(cfg: Config, record: dict[str, Any]) -> bool:
+    """Whether the backbone was pre-trained on this run's corpus (for the synthetic one: the same voices)."""
+    if record.get("corpus") != cfg.data.corpus:
+        return False
+    return cfg.data.corpus != "synthetic" or record.get("synth") == to_dict(cfg.data.synth)
+
+
+def seen_test_speakers(cfg: Config, test_speakers: list[str]) -> list[str]:
+    """The test speakers of this run the backbone was pre-trained on."""
+    record = provenance(cfg)
+    if record is None or not same_audio(cfg, record):
+        return []
+    return sorted(set(test_speakers) & set(record.get("speakers", [])))
+
+
+def check_speaker_independent(cfg: Config, test_speakers: list[str]) -> None:
+    """ConfigError when the backbone heard test speakers and model.transductive is not set."""
+    seen = seen_test_speakers(cfg, test_speakers)
+    if seen and not cfg.model.transductive:
+        raise ConfigError(
+            f"model.backbone={cfg.model.backbone} was pre-trained on audio of test speakers {seen[:10]} of this "
+            "corpus, so the evaluation would not be speaker-independent; pre-train on other speakers, or set "
+            "model.transductive=true to evaluate anyway (the report then says it is transductive)"
+        )
