@@ -136,6 +136,11 @@ class FoldsConfig(_Section):
     )
     n_validation_speakers: int = Field(1, ge=1, description="Speakers held out of training per fold.")
     seed: int = Field(0, description="Seed for validation-speaker choice and k-fold assignment.")
+    transductive: bool = Field(
+        False,
+        description="Allow a model.backbone pre-trained on audio of this run's test speakers (refused otherwise); "
+        "the report then says the evaluation is transductive.",
+    )
     official: OfficialSplits = Field(default_factory=OfficialSplits)
 
     @model_validator(mode="after")
@@ -180,11 +185,6 @@ class ModelConfig(_Section):
     )
     init_seed: int = Field(
         0, description="Seed of a preset's random weights: every worker must build the same model."
-    )
-    transductive: bool = Field(
-        False,
-        description="Allow a model.backbone pre-trained on audio of this run's test speakers (refused otherwise); "
-        "the report then says the evaluation is transductive.",
     )
     input_norm: Literal["auto", "none", "peak", "std"] = Field(
         "auto",

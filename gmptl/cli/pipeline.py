@@ -164,6 +164,12 @@ def pretrain(config_file: str, out_dir: str | None, sets: tuple[str, ...]) -> No
         click.echo(
             f"iteration {r['iteration']} ({r['targets']}): masked accuracy {acc} (best epoch {t['best_epoch']})"
         )
+        cost = [f"frames {r['extract']['wall_s']:.0f} s", f"k-means {r['kmeans']['wall_s'] or 0:.0f} s"]
+        if t.get("wall_s"):
+            cost.append(f"training {t['wall_s']:.0f} s")
+        if t.get("audio_s_per_s"):
+            cost.append(f"{t['audio_s_per_s']:.0f} audio-s/s in training")
+        click.echo("  wall time when computed: " + ", ".join(cost))
     model = report["model_dir"]
     if out_dir:
         from gmptl.pretraining.pipeline import copy_model

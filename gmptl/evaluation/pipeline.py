@@ -98,7 +98,7 @@ def write_run_report(
     from gmptl.plots import cluster_usage_png, confusion_png, fold_bars_png, stage_curves_png
 
     report = build_report(labels, entries, config_hash(cfg))
-    report["transductive"] = cfg.model.transductive
+    report["transductive"] = cfg.folds.transductive
     folder = paths.run_dir(cfg)
     confusion_png(np.asarray(report["confusion_sum"]), labels, folder / "confusion_sum.png",
                   "test speakers, summed over folds")  # fmt: skip
@@ -116,7 +116,7 @@ def write_run_report(
         cluster_usage_png(usage, folder / "cluster_usage.png", "GMP cluster usage, training speakers")
         figures.append("![cluster usage](cluster_usage.png)")
     figures += [f"![{t}]({t})" for t in tracks or []]
-    if cfg.model.transductive:
+    if cfg.folds.transductive:
         figures.insert(
             0, "**Transductive:** model.backbone may have been pre-trained on test speakers' audio."
         )

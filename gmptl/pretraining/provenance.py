@@ -2,7 +2,7 @@
 
 ``gmptl pretrain`` records in the model's ``model.json`` the corpus and speakers it learned from. A run
 that evaluates on speakers the backbone was pre-trained on is no longer speaker-independent: that is
-refused unless ``model.transductive`` says it is intended (the report then says so).
+refused unless ``folds.transductive`` says it is intended (the report then says so).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ def seen_test_speakers(cfg: Config, test_speakers: list[str]) -> list[str]:
 
 
 def check_speaker_independent(cfg: Config, test_speakers: list[str]) -> None:
-    """ConfigError when the backbone heard test speakers and model.transductive is not set."""
+    """ConfigError when the backbone heard test speakers and folds.transductive is not set."""
     seen = seen_test_speakers(cfg, test_speakers)
-    if seen and not cfg.model.transductive:
+    if seen and not cfg.folds.transductive:
         raise ConfigError(
             f"model.backbone={cfg.model.backbone} was pre-trained on audio of test speakers {seen[:10]} of this "
             "corpus, so the evaluation would not be speaker-independent; pre-train on other speakers, or set "
-            "model.transductive=true to evaluate anyway (the report then says it is transductive)"
+            "folds.transductive=true to evaluate anyway (the report then says it is transductive)"
         )

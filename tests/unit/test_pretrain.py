@@ -203,12 +203,12 @@ def test_a_backbone_pretrained_on_test_speakers_is_refused_unless_transductive(t
         ROOT / "jobs" / "demo.yaml", [f"model.backbone={tmp_path / 'm'}", "features.layers=[2]"]
     )
     assert seen_test_speakers(cfg, ["Ses01_F", "Ses03_F"]) == ["Ses01_F"]
-    with pytest.raises(ConfigError, match=r"test speakers \['Ses01_F'\].*model.transductive=true"):
+    with pytest.raises(ConfigError, match=r"test speakers \['Ses01_F'\].*folds.transductive=true"):
         check_speaker_independent(cfg, ["Ses01_F", "Ses03_F"])
     check_speaker_independent(cfg, ["Ses03_F"])  # not heard
     other_voices = load_config(ROOT / "jobs" / "demo.yaml", [f"model.backbone={tmp_path / 'm'}", "features.layers=[2]",
                                                             "data.synth.seed=5"])  # fmt: skip
     assert seen_test_speakers(other_voices, ["Ses01_F"]) == []  # same names, other voices
     allowed = load_config(ROOT / "jobs" / "demo.yaml", [f"model.backbone={tmp_path / 'm'}", "features.layers=[2]",
-                                                       "model.transductive=true"])  # fmt: skip
+                                                       "folds.transductive=true"])  # fmt: skip
     check_speaker_independent(allowed, ["Ses01_F"])
