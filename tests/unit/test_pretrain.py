@@ -154,13 +154,18 @@ def test_validation_split_is_seeded_and_disjoint():
 
 def test_pretrain_iteration_folders_reuse_earlier_iterations(tmp_path):
     one = load_config(JOB, [f"output_dir={tmp_path}", "pretrain.iterations=[{targets: mfcc, k: [64]}]"])
-    two = load_config(JOB, [f"output_dir={tmp_path}"])
+    two = load_config(
+        JOB,
+        [f"output_dir={tmp_path}", "pretrain.iterations=[{targets: mfcc, k: [64]}, {targets: 1, k: [32]}]"],
+    )
     assert paths.pretrain_iteration_dir(one, 0) == paths.pretrain_iteration_dir(two, 0)
     assert paths.pretrain_dir(one) != paths.pretrain_dir(two)
     other = load_config(JOB, [f"output_dir={tmp_path}", "pretrain.train.lr=1e-3"])
-    assert paths.pretrain_iteration_dir(other, 0) != paths.pretrain_iteration_dir(two, 0)
+    assert paths.pretrain_iteration_dir(other, 0) != paths.pretrain_iteration_dir(one, 0)
     resources = load_config(JOB, [f"output_dir={tmp_path}", "pretrain.train.num_cpus_per_worker=0.5"])
-    assert paths.pretrain_dir(resources) == paths.pretrain_dir(two)
+    assert paths.pretrain_dir(resources) == paths.pretrain_dir(one)
+    policy = load_config(JOB, [f"output_dir={tmp_path}", "folds.transductive=true"])  # changes no weights
+    assert paths.pretrain_dir(policy) == paths.pretrain_dir(one)
 
 
 def test_a_target_layer_the_model_does_not_have_is_an_error_before_anything_runs():
