@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gmptl.errors import ConfigError
 
@@ -192,6 +192,16 @@ class ModelConfig(_Section):
         "variance), `none`; `auto` = what the backbone was trained with (recorded in its config; `mini`: peak; "
         "hub checkpoints: none, or std where their preprocessor says do_normalize).",
     )
+
+    @field_validator("backbone")
+    @classmethod
+    def _local_folder_absolute(cls, value: str) -> str:
+        """A model folder given by a relative path is made absolute: Ray workers run in other working
+        directories. Presets and hub ids stay as they are."""
+        local = Path(value).expanduser()
+        if value not in PRESETS and local.is_dir() and not local.is_absolute():
+            return str(local.resolve())
+        return value
 
 
 class FeatureConfig(_Section):

@@ -132,6 +132,9 @@ def normalize_input(wave: torch.Tensor, n_samples: torch.Tensor, mode: str) -> t
 
 def load_pretrained(name_or_path: str, offline: bool = True) -> PreTrainedModel:
     """`AutoModel.from_pretrained`, with an error that says how to provide missing weights."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load, on the driver's terminal
     name_or_path = backbone_folder(name_or_path)
     local = Path(name_or_path).expanduser()
     if local.exists() and not (local / "config.json").is_file():
