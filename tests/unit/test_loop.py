@@ -24,7 +24,9 @@ def _batch(idx, n=8000):
 
 
 def _setup(extra=()):
-    cfg = load_config("jobs/demo.yaml", ["stages.mtl.dropout=0.0", *extra])
+    # the random-init tiny preset with its CNN trained: a loop test, independent of the demo's backbone
+    sets = ["model.backbone=tiny", "stages.mtl.freeze_cnn=false", "stages.mtl.dropout=0.0", *extra]
+    cfg = load_config("jobs/demo.yaml", sets)
     stage = make_stage("mtl", cfg.stages.mtl, 4)
     torch.manual_seed(0)
     model = build_model(cfg.model, stage.head_spec())

@@ -78,7 +78,12 @@ def test_load_model_missing_folder_is_clear(tmp_path):
 
 
 def test_freezing_and_dropout():
-    sets = ["stages.mtl.freeze_cnn=true", "stages.mtl.freeze_layers=2", "stages.mtl.dropout=0.3"]
+    sets = [
+        "model.backbone=tiny",
+        "stages.mtl.freeze_cnn=true",
+        "stages.mtl.freeze_layers=2",
+        "stages.mtl.dropout=0.3",
+    ]
     cfg = load_config("jobs/demo.yaml", sets)
     model = build_model(cfg.model, _spec())
     configure_training(model, cfg.stages.mtl)
@@ -88,10 +93,10 @@ def test_freezing_and_dropout():
     assert not any(p.requires_grad for p in bb.encoder.layers[1].parameters())
     assert all(p.requires_grad for p in bb.encoder.layers[2].parameters())
     assert all(m.p == 0.3 for m in bb.modules() if isinstance(m, torch.nn.Dropout))
-    # the demo's random-init backbone trains its CNN too (nothing pretrained to protect)
-    demo = load_config("jobs/demo.yaml")
-    model = build_model(demo.model, _spec())
-    configure_training(model, demo.stages.mtl)
+    # freeze_cnn=false trains the CNN (and asks autograd for its gradients)
+    cfg = load_config("jobs/demo.yaml", ["model.backbone=tiny", "stages.mtl.freeze_cnn=false"])
+    model = build_model(cfg.model, _spec())
+    configure_training(model, cfg.stages.mtl)
     assert all(p.requires_grad for p in model.backbone.feature_extractor.parameters())
     assert model.backbone.feature_extractor._requires_grad is True
 
