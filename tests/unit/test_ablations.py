@@ -13,7 +13,14 @@ from gmptl.errors import ConfigError
 def test_demo_ablations_all_validate():
     base = load_config("jobs/demo.yaml")
     abl = ablations.load_ablations("jobs/demo.ablations.yaml", base)
-    assert set(abl) == {"no_gender", "single_k", "first_layer", "no_stage1", "cross_entropy", "plain_finetune"}
+    assert set(abl) == {
+        "no_gender",
+        "single_k",
+        "first_layer",
+        "no_stage1",
+        "cross_entropy",
+        "plain_finetune",
+    }
     assert derive(base, abl["no_gender"]).stages.mtl.alpha == 1.0
     assert derive(base, abl["single_k"]).clustering.k == [64]
 
