@@ -8,38 +8,32 @@ import pytest
 from gmptl.clustering import kmeans
 from gmptl.clustering.labels import LabelStore
 from gmptl.clustering.pipeline import assign_labels, fit_codebooks
-from gmptl.config import SynthConfig, load_config
+from gmptl.config import load_config
 from gmptl.data.folds import make_folds
-from gmptl.data.manifest import read_manifest
-from gmptl.data.prepare import prepare_manifest
-from gmptl.data.synth import synthesize_corpus
 from gmptl.features import store
-from gmptl.features.pipeline import extract_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
-def extracted(tmp_path_factory, ray_session):
-    tmp = tmp_path_factory.mktemp("cluster")
-    synthesize_corpus(tmp / "corpus", SynthConfig(n_utterances=30, seed=2))
+def extracted(small_corpus, small_features):
+    """The shared 20-utterance corpus's features (layer 2 is clustered), a k-means config, fold 0."""
     cfg = load_config(
         None,
-        ["data.corpus=iemocap", f"data.root={tmp / 'corpus'}", "model.backbone=tiny", "features.layers=[2]",
-         "features.shard_max_utts=8", "features.num_workers=1", "clustering.k=[4,16]", "clustering.n_iter=8",
-         "clustering.tol=0", "clustering.max_frames=100000"],
+        ["data.corpus=iemocap", f"data.root={small_corpus.tmp / 'corpus'}", "model.backbone=tiny",
+         "features.layers=[2]", "clustering.k=[4,16]", "clustering.n_iter=8", "clustering.tol=0",
+         "clustering.max_frames=100000"],
     )  # fmt: skip
-    df = read_manifest(prepare_manifest(cfg.data, tmp / "corpus", tmp / "m.parquet").manifest_path)
-    extract_features(df, cfg.model, cfg.features, cfg.runtime, tmp / "feats")
+    df = small_corpus.df
     fold = make_folds(df, cfg.folds)[0]
-    return tmp, cfg, df, fold
+    return small_features.folder, cfg, df, fold
 
 
 def test_codebooks_deterministic_and_equal_to_the_reference(extracted, tmp_path):
-    tmp, cfg, df, fold = extracted
+    feat_dir, cfg, df, fold = extracted
     train = fold.select(df, "train").utt_id.tolist()
-    rep = fit_codebooks(tmp / "feats", train, 2, cfg.clustering, cfg.runtime, tmp_path / "a")
-    fs = store.FeatureStore(tmp / "feats")
+    rep = fit_codebooks(feat_dir, train, 2, cfg.clustering, cfg.runtime, tmp_path / "a")
+    fs = store.FeatureStore(feat_dir)
     n_train_frames = sum(len(fs.get(u, 2)) for u in train)
     assert (
         rep["n_fit_frames"] == rep["n_train_frames"] == n_train_frames
@@ -54,7 +48,7 @@ def test_codebooks_deterministic_and_equal_to_the_reference(extracted, tmp_path)
     assert len(rep["actor_peak_rss_mb"]) == cfg.clustering.num_workers
     assert all(50 < m < 4096 for m in rep["actor_peak_rss_mb"])
     # Same seed, same frames: identical codebooks (CPU k-means is deterministic).
-    fit_codebooks(tmp / "feats", train, 2, cfg.clustering, cfg.runtime, tmp_path / "b")
+    fit_codebooks(feat_dir, train, 2, cfg.clustering, cfg.runtime, tmp_path / "b")
     np.testing.assert_array_equal(
         np.load(tmp_path / "a" / "L2_k16.npy"), np.load(tmp_path / "b" / "L2_k16.npy")
     )
@@ -69,10 +63,10 @@ def test_codebooks_deterministic_and_equal_to_the_reference(extracted, tmp_path)
 
 
 def test_budget_is_exact_and_seeded(extracted, tmp_path):
-    tmp, cfg, df, fold = extracted
+    feat_dir, cfg, df, fold = extracted
     train = fold.select(df, "train").utt_id.tolist()
     small = cfg.clustering.model_copy(update={"max_frames": 1000})
-    rep = fit_codebooks(tmp / "feats", train, 2, small, cfg.runtime, tmp_path / "s")
+    rep = fit_codebooks(feat_dir, train, 2, small, cfg.runtime, tmp_path / "s")
     assert rep["n_fit_frames"] == 1000 < rep["n_train_frames"]
     # k-means++ seeds on max(init_points_per_centroid x K, init_min_points) of the loaded frames.
     assert [rep["codebooks"][k]["seed_sample"] for k in ("4", "16")] == [1000, 1000]
@@ -80,22 +74,22 @@ def test_budget_is_exact_and_seeded(extracted, tmp_path):
     assert cfg.clustering.init_starts == 3
     assert [len(set(rep["codebooks"][k]["seed_potentials"])) for k in ("4", "16")] == [3, 3]
     unfloored = small.model_copy(update={"init_min_points": 0, "k": [16], "init_starts": 1})
-    rep = fit_codebooks(tmp / "feats", train, 2, unfloored, cfg.runtime, tmp_path / "u")
+    rep = fit_codebooks(feat_dir, train, 2, unfloored, cfg.runtime, tmp_path / "u")
     book = rep["codebooks"]["16"]
     assert 20 * 16 <= book["seed_sample"] <= 20 * 16 + cfg.clustering.num_workers
     assert len(book["seed_potentials"]) == 1
 
 
 def test_labels_match_frame_counts_for_every_utterance(extracted, tmp_path):
-    tmp, cfg, df, fold = extracted
+    feat_dir, cfg, df, fold = extracted
     train = fold.select(df, "train").utt_id.tolist()
-    fit_codebooks(tmp / "feats", train, 2, cfg.clustering, cfg.runtime, tmp_path / "c")
+    fit_codebooks(feat_dir, train, 2, cfg.clustering, cfg.runtime, tmp_path / "c")
     centroids = {k: np.load(tmp_path / "c" / f"L2_k{k}.npy") for k in (4, 16)}
     part = fold.part_of(df)
     parts = __import__("pandas").Series(part.to_numpy(), index=df.utt_id)
-    index = assign_labels(tmp / "feats", centroids, 2, parts, cfg.clustering, cfg.runtime, tmp_path / "l")
-    assert sorted(index.part.unique()) == ["test", "train", "validation"] and len(index) == 30
-    fs, ls = store.FeatureStore(tmp / "feats"), LabelStore(tmp_path / "l")
+    index = assign_labels(feat_dir, centroids, 2, parts, cfg.clustering, cfg.runtime, tmp_path / "l")
+    assert sorted(index.part.unique()) == ["test", "train", "validation"] and len(index) == len(df) == 20
+    fs, ls = store.FeatureStore(feat_dir), LabelStore(tmp_path / "l")
     for utt in df.utt_id:
         feats = np.asarray(fs.get(utt, 2), np.float32)
         for k, c in centroids.items():
@@ -109,7 +103,7 @@ def test_labels_match_frame_counts_for_every_utterance(extracted, tmp_path):
     last = index[index.shard == shard].sort_values("offset").utt_id.iloc[-1]
     with pytest.raises(ValueError, match=f"utterance {last}: "):
         ls.get(last, 4)
-    assert json.loads((tmp / "feats" / "extract.json").read_text())["n_utterances"] == 30
+    assert json.loads((feat_dir / "extract.json").read_text())["n_utterances"] == 20
 
 
 def test_a_failed_fit_leaves_no_actor_holding_cpus(extracted, tmp_path):
@@ -117,12 +111,12 @@ def test_a_failed_fit_leaves_no_actor_holding_cpus(extracted, tmp_path):
 
     import ray
 
-    tmp, cfg, df, fold = extracted
+    feat_dir, cfg, df, fold = extracted
     train = fold.select(df, "train").utt_id.tolist()
     free = ray.available_resources().get("CPU", 0.0)
     too_many = cfg.clustering.model_copy(update={"k": [4, 10**7], "max_frames": 10**8})
     with pytest.raises(ValueError, match="training frames for K=10000000"):
-        fit_codebooks(tmp / "feats", train, 2, too_many, cfg.runtime, tmp_path / "c")
+        fit_codebooks(feat_dir, train, 2, too_many, cfg.runtime, tmp_path / "c")
     deadline = time.monotonic() + 30  # ray.kill is asynchronous
     while ray.available_resources().get("CPU", 0.0) < free and time.monotonic() < deadline:
         time.sleep(0.2)

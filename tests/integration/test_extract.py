@@ -1,44 +1,28 @@
 """Feature extraction on Ray Data: shapes, resume, corruption, and a worker killed mid-run."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from gmptl.config import SynthConfig, load_config
 from gmptl.data.audio import load_audio
-from gmptl.data.manifest import read_manifest
-from gmptl.data.prepare import prepare_manifest
-from gmptl.data.synth import synthesize_corpus
 from gmptl.features import store
 from gmptl.features.extractor import FeatureExtractor
-from gmptl.features.pipeline import FAULT_ENV, extract_features
+from gmptl.features.pipeline import extract_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("extract")
-    synthesize_corpus(tmp / "corpus", SynthConfig(n_utterances=20, seed=5))
-    cfg = load_config(
-        None,
-        ["data.corpus=iemocap", f"data.root={tmp / 'corpus'}", "model.backbone=tiny", "features.layers=[2,4]",
-         "features.shard_max_utts=4", "features.num_workers=2"],
-    )  # fmt: skip
-    df = read_manifest(prepare_manifest(cfg.data, tmp / "corpus", tmp / "m.parquet").manifest_path)
-    return tmp, cfg, df
 
 
 def run(cfg, df, folder, **kw):
     return extract_features(df, cfg.model, cfg.features, cfg.runtime, folder, **kw)
 
 
-def test_extract_then_resume_then_repair(ray_session, setup, tmp_path):
-    _, cfg, df = setup
-    res = run(cfg, df, tmp_path / "f")
+def test_extract_then_resume_then_repair(ray_session, small_corpus, small_features, tmp_path):
+    cfg, df = small_corpus.cfg, small_corpus.df
+    res = small_features.result  # the first run: every shard computed
     assert (res.n_shards, res.n_computed, res.n_cached, res.n_utterances) == (5, 5, 0, 20)
-    fs = store.FeatureStore(tmp_path / "f")
+    fs = store.FeatureStore(small_features.folder)
     ext = FeatureExtractor(cfg.model, cfg.features)
     for utt, path in zip(df.utt_id[:6], df.path[:6], strict=True):
         wave = load_audio(path)
@@ -49,6 +33,9 @@ def test_extract_then_resume_then_repair(ray_session, setup, tmp_path):
             np.testing.assert_allclose(got.astype(np.float32), expect[layer], rtol=2e-2, atol=2e-2)
     assert fs.utterances() == sorted(df.utt_id)
 
+    # The shared folder stays intact for the other tests: resume and repair a copy of it (a copied folder
+    # keeps its shards: nothing in it names its own path).
+    shutil.copytree(small_features.folder, tmp_path / "f")
     again = run(cfg, df, tmp_path / "f")  # nothing to do: every shard is committed
     assert (again.n_computed, again.n_cached) == (0, 5)
 
@@ -70,23 +57,20 @@ def test_extract_then_resume_then_repair(ray_session, setup, tmp_path):
     assert run(cfg, df, tmp_path / "f", verify=True).n_recomputed == 1
 
 
-def test_actor_killed_mid_run_loses_and_duplicates_nothing(ray_session, setup, tmp_path, monkeypatch):
-    _, cfg, df = setup
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv(FAULT_ENV, str(marker))
-    res = run(cfg, df, tmp_path / "f")
-    assert marker.is_file()  # an actor really died mid-shard (after a torn write)
-    index = store.FeatureStore(tmp_path / "f").index.reset_index()
-    assert res.n_utterances == 20
+def test_actor_killed_mid_run_loses_and_duplicates_nothing(small_features):
+    """``small_features`` was extracted with an encoder actor killed mid-shard, after a torn write."""
+    assert small_features.crash_marker.is_file()  # an actor really died mid-shard (after a torn write)
+    index = store.FeatureStore(small_features.folder).index.reset_index()
+    assert small_features.result.n_utterances == 20
     counts = index.groupby(["utt_id", "layer"]).size()
     assert (counts == 1).all() and len(counts) == 40  # every utterance exactly once, per layer
 
 
-def test_actor_restarts_and_retries_are_bounded(ray_session, setup, tmp_path, monkeypatch):
+def test_actor_restarts_and_retries_are_bounded(ray_session, small_corpus, tmp_path, monkeypatch):
     """Ray Data's default restarts a dying actor and retries its task for ever; the pool gets the config's bound."""
     import ray
 
-    _, cfg, df = setup
+    cfg, df = small_corpus.cfg, small_corpus.df
     seen = {}
 
     def capture(self, fn, **kwargs):
