@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS ?= 1
 export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0
 
-.PHONY: demo test test-fast lint install clean docs backbone
+.PHONY: demo test test-faults test-fast lint install clean docs backbone
 
 # One install (package + dev extra) serves both targets; re-run when pyproject changes.
 $(STAMP): pyproject.toml
@@ -29,8 +29,16 @@ backbone: $(STAMP)
 
 # pytest exits 5 when it collected nothing: say so, and fail.
 test: $(STAMP) lint
-	@$(BIN)/python -m pytest -q; rc=$$?; \
+	@$(BIN)/python -m pytest -q -m "not faults"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; fi; \
+	exit $$rc
+
+# The fault tests: each kills something real (a Ray node's raylet, the MLflow server, k-means actors) and
+# checks the run recovers or fails cleanly within a deadline. Slow (each starts its own Ray or server), so
+# they are a suite of their own; CI (.ci/run) runs both.
+test-faults: $(STAMP)
+	@$(BIN)/python -m pytest -q -m faults; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-faults: pytest collected no tests; failing" >&2; fi; \
 	exit $$rc
 
 # The unit tests only (no Ray, no lint): a quick check while editing.
