@@ -18,9 +18,13 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import os
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from gmptl import paths
 from gmptl.config import Config
@@ -46,7 +50,26 @@ def hold(cfg: Config, folders: list[Path]) -> Iterator[None]:
                 fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 t0 = time.monotonic()
-                log.info("waiting for another process computing %s", folder)
+                log.warning(
+                    "waiting for %s to finish %s (it holds %s; this run goes on once it is done, and then "
+                    "reuses what it computed; stop it to take over)", holder(fh), folder, lock,
+                )  # fmt: skip
                 fcntl.lockf(fh, fcntl.LOCK_EX)
                 log.info("got %s after %.1f s", folder, time.monotonic() - t0)
+            _claim(fh)
         yield
+
+
+def _claim(fh: TextIO) -> None:
+    """Write who holds the lock into its file, for the message of whoever waits next."""
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv[:3])}\n")
+    fh.flush()
+
+
+def holder(fh: TextIO) -> str:
+    """The holder a lock file names (``another process`` when it names none yet)."""
+    fh.seek(0)
+    text = fh.read().strip()
+    return text or "another process"

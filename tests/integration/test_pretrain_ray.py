@@ -3,6 +3,8 @@ Ray Train; a resumed pre-training equals an uninterrupted one; continued pre-tra
 
 import contextlib
 import io
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,13 +87,27 @@ def test_pretrain_writes_a_backbone_with_its_provenance_and_curves(pretrained):
 
 
 def test_a_resumed_pretraining_equals_an_uninterrupted_one(pretrained, tmp_path, monkeypatch):
-    whole = pretrained[2]["iterations"][0]["train"]
+    cfg, _, report = pretrained
+    whole = report["iterations"][0]["train"]
+    # A copy of the fixture's folder without its training and model: the corpus, MFCC frames, k-means and
+    # labels are reused from its caches, so only masked prediction runs again (interrupted, then resumed).
+    out = tmp_path / "out"
+    shutil.copytree(cfg.output_dir, out)
+    copy = load_config(JOB, [f"output_dir={out}", *SMALL])
+    shutil.rmtree(paths.pretrain_iteration_dir(copy, 0) / "train")
+    for d in [paths.pretrain_dir(copy) / "model", *Path(paths.storage_path(copy)).glob("pretrain-*")]:
+        shutil.rmtree(d)
+    (paths.pretrain_dir(copy) / paths.PRETRAIN_JSON).unlink()
+    # The arrays of the data steps (feature shards, centroids, labels); the feature index is re-verified.
+    cached = {f: f.stat().st_mtime_ns for f in paths.pretrain_iteration_dir(copy, 0).rglob("*.npy")}
+    assert len(cached) >= 3
     monkeypatch.setenv(FAULT_ENV, f"1:{tmp_path / 'fired'}")
-    rc, printed, cfg = _pretrain(tmp_path)
-    assert rc != 0 and (tmp_path / "fired").is_file()
-    rc, printed, cfg = _pretrain(tmp_path)  # the same command resumes after epoch 1
+    rc, printed, _ = _pretrain(out)
+    assert rc != 0 and (tmp_path / "fired").is_file(), printed[-3000:]
+    rc, printed, _ = _pretrain(out)  # the same command resumes after epoch 1
     assert rc == 0, printed[-3000:]
-    resumed = files.read_marker(paths.pretrain_dir(cfg) / paths.PRETRAIN_JSON)["iterations"][0]["train"]
+    assert {f: f.stat().st_mtime_ns for f in cached} == cached  # features, k-means, labels: from the caches
+    resumed = files.read_marker(paths.pretrain_dir(copy) / paths.PRETRAIN_JSON)["iterations"][0]["train"]
     for a, b in zip(whole["history"], resumed["history"], strict=True):
         for key in ("train_loss", "val_loss", "val_masked_acc_k8", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
