@@ -27,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gmptl.errors import ConfigError
 
-CorpusName = Literal["synthetic", "iemocap", "ravdess", "cremad", "emodb", "msp_podcast", "emobox", "generic"]
+CorpusName = Literal[
+    "synthetic", "iemocap", "ravdess", "cremad", "emodb", "msp_podcast", "emobox", "generic", "unlabeled"
+]
 CORPUS_NAMES: tuple[str, ...] = typing.get_args(CorpusName)
 
 
@@ -57,7 +59,9 @@ class DataConfig(_Section):
     """Which corpus, where it is, how labels map, and what bad input does."""
 
     corpus: CorpusName = Field(
-        "synthetic", description="Corpus loader; `synthetic` generates the built-in demo corpus."
+        "synthetic",
+        description="Corpus loader; `synthetic` generates the built-in demo corpus; `unlabeled` is any folder "
+        "of audio files, for `gmptl pretrain` only.",
     )
     root: str | None = Field(
         None,
@@ -77,7 +81,8 @@ class DataConfig(_Section):
     metadata_file: str | None = Field(
         None,
         description="Label/metadata file relative to root: the CSV/JSONL for `generic` (required) and "
-        "`emobox`, MSP-Podcast's labels CSV, CREMA-D's demographics CSV.",
+        "`emobox`, MSP-Podcast's labels CSV, CREMA-D's demographics CSV; for `unlabeled`, a list of audio "
+        "paths (one per line) to use instead of every audio file under root.",
     )
     speaker_table: str | None = Field(
         None,
@@ -298,7 +303,11 @@ class ClusterConfig(_Section):
     )
     seed: int = Field(0, description="Seed of frame sampling, seeding and empty-cluster re-seeding.")
     num_workers: int = Field(
-        2, ge=1, description="Ray actors, each holding a disjoint part of the sampled frames."
+        2,
+        ge=1,
+        description="Ray actors, each holding a disjoint part of the sampled frames. One that dies (out of "
+        "memory, a lost node) is replaced by one that reloads the same part, up to runtime.actor_restarts "
+        "times per part; the fit then continues and its codebooks equal an undisturbed fit's.",
     )
     num_cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per k-means actor.")
     num_gpus_per_worker: float = Field(
@@ -424,9 +433,9 @@ class RuntimeConfig(_Section):
     actor_restarts: int = Field(
         3,
         ge=0,
-        description="How often a Ray Data actor (extraction, labels, batch prediction) that died (out of "
-        "memory, a lost node) is restarted and its task retried before the step fails with the error; Ray's "
-        "own default retries for ever, so an actor that dies on the same file every time would never end.",
+        description="How often a Ray actor (extraction, labels, batch prediction; each k-means part) that died "
+        "(out of memory, a lost node) is replaced and its work retried before the step fails with the error; "
+        "Ray's own default retries for ever, so an actor that dies on the same file every time would never end.",
     )
 
 

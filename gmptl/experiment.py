@@ -20,7 +20,7 @@ from typing import Any
 from gmptl import locks, paths, steps
 from gmptl.config import STAGE_NAMES, Config, config_hash, derive, save_config, to_dict
 from gmptl.data.folds import Fold, fold_table
-from gmptl.data.prepare import Prepared, prepare_folds
+from gmptl.data.prepare import Prepared, prepare_folds, require_labels
 from gmptl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class RunOutputs:
     corpus_root: Path
     manifest: Path
-    folds: Path
+    folds: Path | None  # None when no step needed folds (pre-training)
     summary: dict[str, Any]
     fold_rows: list[dict[str, Any]]
     steps: dict[str, str]  # step -> "ran" | "cached"
@@ -104,6 +104,10 @@ def run_experiment(
     for name in [until] if isinstance(until, str) else until:
         if name not in steps.names():
             raise ConfigError(f"until={name!r}: expected one of {steps.names()}")
+    order = plan(cfg, until)
+    with_folds = "folds" in order
+    if with_folds:
+        require_labels(cfg.data)  # before anything is loaded or written
     from gmptl.models.backbone import check_sample_rate
 
     check_sample_rate(cfg.model, cfg.data.sample_rate_hz)
@@ -111,9 +115,9 @@ def run_experiment(
     save_config(cfg, paths.resolved_config_path(cfg))
     # Another `gmptl run` on this output_dir waits for the corpus and manifest, then finds them cached.
     with locks.hold(cfg, [paths.corpus_root(cfg), paths.manifest_path(cfg).parent]):
-        prep = prepare_folds(cfg, status)
-    folds = select_folds(prep.folds, only_folds)
-    todo = [steps.get(n) for n in plan(cfg, until) if steps.get(n).kind != "setup"]
+        prep = prepare_folds(cfg, status, with_folds=with_folds)
+    folds = select_folds(prep.folds, only_folds) if with_folds else []
+    todo = [steps.get(n) for n in order if steps.get(n).kind != "setup"]
     if any(s.kind == "train" for s in todo):
         from gmptl.pretraining.provenance import check_speaker_independent
 
@@ -122,13 +126,15 @@ def run_experiment(
         start_ray(cfg)
     training = [s.name for s in todo if s.kind == "train"]
     parent = _parent_run(cfg, prep) if training else None
-    jobs = [(fold, c) for c in seed_configs(cfg) for fold in folds]
+    # Steps that read only the manifest (pre-training) run once per seed, with no fold.
+    jobs = [(fold, c) for c in seed_configs(cfg) for fold in (folds or [None])]
     data_turns = threading.Lock()
     seeded = cfg.seeds is not None
 
-    def run_job(fold: Fold, c: Config) -> dict[str, Any]:
+    def run_job(fold: Fold | None, c: Config) -> dict[str, Any]:
         """One (fold, seed): its steps in order; step name -> what the step returned."""
-        tag = fold.name + (f",seed{c.stages.utterance.seed}" if seeded else "")
+        tag = (fold.name if fold else "all") + (f",seed{c.stages.utterance.seed}" if seeded else "")
+        index = fold.index if fold else 0  # a fold-less step's folder does not depend on it
         got: dict[str, Any] = {}
         for step in todo:
             key = step.name if step.shared(c) else f"{step.name}[{tag}]"
@@ -137,8 +143,8 @@ def run_experiment(
             # a Tune trial) waits, then finds the step cached instead of writing the same files.
             # A data step spreads over the whole cluster: the jobs of this run take turns.
             turns = data_turns if step.kind in ("data", "pretrain") else contextlib.nullcontext()
-            with turns, locks.hold(c, steps.folders(c, fold.index, [step.name])):
-                done = step.done(c, fold.index)
+            with turns, locks.hold(c, steps.folders(c, index, [step.name])):
+                done = step.done(c, index)
                 got[step.name] = step.run(ctx)
             # setdefault: a shared step (one folder for all folds) is reported as the job that ran it saw it
             status.setdefault(key, "cached" if done else "ran")
@@ -206,9 +212,9 @@ def _report(cfg: Config, prep: Prepared, folds: list[Fold], entries: list[dict[s
 
 def train_folds(cfg: Config, stage: str, fold_sel: str = "all") -> list[dict[str, Any]]:
     """``gmptl train``: one stage on the selected folds (the setup step runs or comes from cache)."""
-    from gmptl.training.pipeline import train_stage
-
     prep = prepare_folds(cfg)
+    from gmptl.training.pipeline import train_stage  # torch and Ray: after the corpus checks
+
     start_ray(cfg)
     if fold_sel == "all":
         chosen = prep.folds

@@ -4,11 +4,28 @@ one, never a torn or empty one. Every file that marks a step done is written thr
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+# Test seam: with this variable set to part of a file's path, the atomic write of that file stops between
+# its fsync and its rename (and logs that it did), so a test can SIGKILL the process at the moment a step
+# marker is being written (tests/integration/test_node_failures.py). Unset, it costs one lookup per write.
+FAULT_BEFORE_RENAME_ENV = "GMPTL_FAULT_BEFORE_RENAME"
+FAULT_PAUSE_S = 600.0
+
+
+def _fault_point(path: Path) -> None:
+    part = os.environ.get(FAULT_BEFORE_RENAME_ENV)
+    if part and part in str(path):
+        logging.getLogger(__name__).warning(
+            "%s: %s written, not yet renamed; pausing", FAULT_BEFORE_RENAME_ENV, path
+        )
+        time.sleep(FAULT_PAUSE_S)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -21,9 +38,39 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        _fault_point(path)
         os.replace(tmp, path)  # atomic on POSIX
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def append_line(path: str | Path, line: str) -> Path:
+    """Append ``line`` (no newline in it) to a log file and flush it to disk before returning.
+
+    A kill mid-append can leave a torn last line, never a torn earlier one: readers skip a line that does not
+    parse. The next append starts on a line of its own, so a torn line never swallows a whole one.
+    """
+    if "\n" in line:
+        raise ValueError(f"append_line: a log line holds no newline, got {line[:80]!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        data = (b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b"") + line.encode("utf-8") + b"\n"
+        while data:  # O_APPEND: every write lands at the end, whoever else appends
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if new:  # the file's name too must survive a crash
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 

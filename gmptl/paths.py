@@ -33,6 +33,8 @@ LABELS_JSON = "labels.json"
 LABELS_INDEX = "index.parquet"
 TEST_JSON = "test.json"
 PRETRAIN_JSON = "pretrain.json"
+# What MLflow could not take yet (gmptl.tracking.Outbox), in the folder of the stage that logged it.
+MLFLOW_OUTBOX = "mlflow_outbox.jsonl"
 
 
 def centroids_file(layer: int, k: int) -> str:

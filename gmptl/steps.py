@@ -10,7 +10,7 @@ runs, so this module stays pure: no Ray, MLflow or torch).
 The graph, for the default GMP-TL configuration::
 
     folds -> mtl -> extract -> cluster -> label -> gmp -> utterance -> evaluate
-    folds -> pretrain                                   (``gmptl pretrain``: a model folder for model.backbone)
+    pretrain                       (``gmptl pretrain``: a model folder for model.backbone, from the manifest alone)
 
 Which edges exist depends on the config: ``features.source=pretrained`` cuts ``mtl -> extract``
 (features of ``model.backbone``); ``stages.<stage>.init`` names the model a stage starts from
@@ -43,7 +43,8 @@ class Step:
             whole cluster: the fold jobs take turns), ``train`` (a Ray Train stage with a
             ``stages.<name>`` config section), ``evaluate``, or ``pretrain`` (self-supervised
             pre-training on the manifest's audio: data and training steps of its own, once per run).
-        needs: the steps whose outputs it reads, for a given config.
+        needs: the steps whose outputs it reads, for a given config. The manifest is prepared for every
+            run; only a plan that holds ``folds`` builds the folds (and needs a labelled corpus).
         keys: config key prefixes that change this step's output and (through ``needs``) every step
             after it; the search planner maps a searched key to the first step it changes.
         folder: its cache folder for (config, fold index); None for the setup step.
@@ -163,7 +164,7 @@ GRAPH: tuple[Step, ...] = (
     Step(
         "pretrain",
         "pretrain",
-        lambda cfg: ("folds",),
+        lambda cfg: (),  # the manifest only: its own seeded split (pretrain.validation_fraction), no folds
         keys=("pretrain.",),
         folder=lambda cfg, fold: paths.pretrain_dir(cfg),
         marker=paths.PRETRAIN_JSON,

@@ -10,6 +10,11 @@ restarted training run continues the same MLflow run instead of opening a new on
 Experiments are created with a retry, because two processes creating the same
 experiment on a new SQLite store race ("table already exists").
 
+What MLflow cannot take while its server is down (metrics with their step and timestamp, parameters,
+tags, artifacts by path, a run's final status) waits in the stage's :class:`Outbox` and is sent, in
+order and at most once per metric point, by the next call that reaches MLflow, by the stage's end, or
+by the stage's rerun.
+
 Credentials never reach a file, a parameter or the terminal: a ``tracking.uri`` with a user name or
 password before its host (or a token in its query) is refused where gmptl uses it
 (:func:`resolve_uri`, :func:`check_uri`): MLflow reads them from ``MLFLOW_TRACKING_USERNAME`` /
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 import urllib.error
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from gmptl import files
 from gmptl.config import Config, TrackingConfig
 from gmptl.errors import ConfigError, GmptlError
 
@@ -265,12 +272,238 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-class Run:
-    """One MLflow run, addressed by id; safe to construct in any process."""
+# ----------------------------------------------------------------------------- outbox
 
-    def __init__(self, uri: str, run_id: str):
+# MLflow's HTTP client retries a refused request 7 times with exponential backoff (about 4 minutes)
+# before it raises: in the training loop every epoch would stall that long while the server is down.
+# Rank 0 gives up after a few seconds instead (worst case 3 tries of 10 s against a server that accepts
+# and hangs); what it could not send waits in the outbox.
+QUICK_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+# MLflow's answers that no retry changes: the run or its file is gone, or the store refuses the value.
+REFUSALS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "INVALID_STATE", "PERMISSION_DENIED")
+
+
+def quick_http(uri: str) -> None:
+    """Bound MLflow's HTTP retries in this process (:data:`QUICK_HTTP`) when ``uri`` is a server; call it in a
+    process that logs while it works (a training worker), never in the driver, whose end-of-stage calls
+    should wait for a server that is restarting. A value set in the environment is kept."""
+    if uri.startswith(("http://", "https://")):
+        for key, value in QUICK_HTTP.items():
+            os.environ.setdefault(key, value)
+
+
+def _refused(error: Exception) -> bool:
+    """Whether sending again cannot help (else the error is an outage: the entry waits)."""
+    if isinstance(error, FileNotFoundError):
+        return True
+    return getattr(error, "error_code", None) in REFUSALS
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    op = entry["op"]
+    if op == "metrics":
+        steps = sorted({p[3] for p in entry["metrics"]})
+        return f"{len(entry['metrics'])} metric points (step {', '.join(map(str, steps))})"
+    if op == "artifact":
+        return f"the artifact {entry['path']}"
+    if op == "status":
+        return f"the end of run {entry['run']} ({entry['status']})"
+    return f"{len(entry[op])} {op}"
+
+
+# The (step, timestamp) points a run holds per metric key: (run id, key) -> points.
+Seen = dict[tuple[str, str], set[tuple[int, int]]]
+
+
+def _send(client: Any, entry: dict[str, Any], have: Seen | None) -> str:
+    """Send one outbox entry; returns how (``sent``, or ``present`` when the run had every point already).
+
+    ``have``: the (step, timestamp) points each (run, metric key) holds, filled on first use; None for a
+    first attempt, which cannot have reached MLflow before. A metric point whose first attempt failed may
+    have been stored all the same (the server died before it answered), so it is looked up first:
+    re-sent, it would be a second point in the metric's history.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    run_id, op = entry["run"], entry["op"]
+    if op == "metrics":
+        points = [Metric(k, v, ts, step) for k, v, ts, step in entry["metrics"]]
+        if have is not None:
+            for m in points:
+                if (run_id, m.key) not in have:
+                    have[run_id, m.key] = {
+                        (h.step, h.timestamp) for h in client.get_metric_history(run_id, m.key)
+                    }
+            points = [m for m in points if (m.step, m.timestamp) not in have[run_id, m.key]]
+        if not points:
+            return "present"
+        client.log_batch(run_id, metrics=points)
+        if have is not None:
+            for m in points:
+                have[run_id, m.key].add((m.step, m.timestamp))
+    elif op == "params":
+        items = [Param(k, v) for k, v in entry["params"].items()]  # a same value again is a no-op
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            client.log_batch(run_id, params=items[i : i + 100])
+    elif op == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
+    elif op == "artifact":
+        path = Path(entry["path"])
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is gone")
+        if path.is_dir():  # the same file again replaces it
+            client.log_artifacts(run_id, str(path), entry["artifact_path"])
+        else:
+            client.log_artifact(run_id, str(path), entry["artifact_path"])
+    elif op == "status":
+        client.set_terminated(run_id, status=entry["status"])
+    else:
+        raise ValueError(f"outbox entry of unknown kind {op!r}")
+    return "sent"
+
+
+class Outbox:
+    """What MLflow did not take yet, kept on disk in order: JSON lines, appended and flushed to disk
+    (:func:`gmptl.files.append_line`).
+
+    An entry is ``{"n", "run", "op", ...}`` (``op``: metrics, params, tags, artifact, status); it is done
+    when a later line ``{"done": n, "how": ...}`` says so: sent, present (MLflow had it), dropped
+    (MLflow refused it) or superseded (a status that a rerun replaces). Nothing is rewritten, so a kill
+    leaves at most a torn last line, which is skipped and counted. Done lines are written after MLflow
+    answered: a kill between the two sends that entry again, and :func:`_send` looks metric points up
+    first. One process writes at a time: the driver before and after a stage's fit, rank 0 during it,
+    and :mod:`gmptl.locks` keeps two runs of one stage apart. The tracking URI is not stored (the run id
+    is): the next run gives its own.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.error: Exception | None = None  # why the last flush stopped
+        self._warned = self._torn_warned = False
+
+    def _scan(self) -> tuple[list[dict[str, Any]], set[int], int]:
+        """(every entry in order of writing, the numbers of those done, lines that do not parse)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return [], set(), 0
+        entries: list[dict[str, Any]] = []
+        done: set[int] = set()
+        torn = 0
+        for line in data.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if "done" in rec:
+                    done.add(int(rec["done"]))
+                else:
+                    entries.append(rec | {"n": int(rec["n"])})
+            except (ValueError, KeyError, TypeError):
+                torn += 1  # a kill mid-append (files.append_line): the line never was a whole entry
+        return entries, done, torn
+
+    def read(self) -> tuple[list[dict[str, Any]], int]:
+        """(entries not done yet, in order; lines that do not parse, e.g. one torn by a kill)."""
+        entries, done, torn = self._scan()
+        return [e for e in entries if e["n"] not in done], torn
+
+    def counts(self) -> dict[str, int]:
+        """``entries`` and ``metric_points`` kept here (done or not), ``waiting`` entries, ``torn`` lines."""
+        entries, done, torn = self._scan()
+        return {
+            "entries": len(entries),
+            "metric_points": sum(len(e.get("metrics", ())) for e in entries),
+            "waiting": sum(e["n"] not in done for e in entries),
+            "torn": torn,
+        }
+
+    def put(self, entry: dict[str, Any]) -> None:
+        """Append ``entry`` (run, op and its fields) behind what is there, numbered."""
+        entries, _, _ = self._scan()
+        files.append_line(
+            self.path, json.dumps({"n": max((e["n"] for e in entries), default=0) + 1, **entry})
+        )
+
+    def add(self, entry: dict[str, Any], error: Exception | None) -> None:
+        """Keep ``entry``, which MLflow did not take (``error``); the first in this process is logged as a
+        warning, the rest at debug level (the stage's end counts them)."""
+        self.put(entry)
+        what = _describe(entry)
+        if not self._warned:
+            self._warned = True
+            log.warning("MLflow did not take %s (%s); it waits in %s with what follows, sent when MLflow answers",
+                        what, error, self.path)  # fmt: skip
+        else:
+            log.debug("MLflow: %s waits in %s", what, self.path)
+
+    def _done(self, entry: dict[str, Any], how: str) -> None:
+        files.append_line(self.path, json.dumps({"done": entry["n"], "how": how}))
+
+    def flush(self, uri: str, supersede_status: bool = False) -> bool:
+        """Send what waits, in order, until MLflow fails; True when nothing waits any more.
+
+        ``supersede_status``: a rerun of the stage is starting, and will end the run itself: a final
+        status an earlier attempt could not send is not sent (it would end the run while it trains).
+        An entry MLflow refuses (:func:`_refused`: the run is gone, the value is invalid) is dropped with
+        a warning; any other error stops the flush and the entry waits.
+        """
+        pending, torn = self.read()
+        if torn and not self._torn_warned:
+            self._torn_warned = True
+            log.warning("%s: %d line(s) do not parse (a write cut short by a kill); skipped", self.path, torn)
+        if not pending:
+            return True
+        if supersede_status:
+            for e in [e for e in pending if e["op"] == "status"]:
+                log.info("MLflow: %s from an earlier attempt is superseded by this one", _describe(e))
+                self._done(e, "superseded")
+            pending = [e for e in pending if e["op"] != "status"]
+        client = _client(uri)
+        have: Seen = {}
+        sent = points = 0
+        for e in pending:
+            try:
+                how = _send(client, e, have)
+            except Exception as err:  # noqa: BLE001 - MLflow raises many types (HTTP, database, OS)
+                if not _refused(err):
+                    log.debug("MLflow: flushing %s stopped at %s (%s)", self.path, _describe(e), err)
+                    self.error = err
+                    return False
+                log.warning("MLflow refused %s from %s (%s); dropped", _describe(e), self.path, err)
+                how = "dropped"
+            self._done(e, how)
+            sent += how != "dropped"
+            points += len(e.get("metrics", ())) if how == "sent" else 0
+        log.info("MLflow: sent %d entries (%d metric points) that waited in %s", sent, points, self.path)
+        return True
+
+    def clear(self) -> None:
+        """Remove the file once nothing waits (its counts go with it)."""
+        if self.read()[0]:
+            raise RuntimeError(f"{self.path}: entries still wait; flush it first")
+        self.path.unlink(missing_ok=True)
+
+
+class Run:
+    """One MLflow run, addressed by id; safe to construct in any process.
+
+    With an ``outbox``, nothing MLflow fails to take raises: it waits in the outbox, and every later call
+    sends what waits first. Without one, MLflow's errors reach the caller.
+    """
+
+    def __init__(self, uri: str, run_id: str, outbox: Outbox | None = None):
         self.uri = uri
         self.run_id = run_id
+        self.outbox = outbox
+
+    def with_outbox(self, path: str | Path) -> Run:
+        """This run, logging through the outbox at ``path``."""
+        return Run(self.uri, self.run_id, Outbox(path))
 
     @classmethod
     def open(
@@ -301,29 +534,50 @@ class Run:
             run.log_params(params)
         return run
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+    def _deliver(self, entry: dict[str, Any]) -> None:
+        """Send ``entry``; with an outbox, after what waits there, and into it when MLflow fails."""
+        entry = {"run": self.run_id, **entry}
+        if self.outbox is None:
+            _send(_client(self.uri), entry, None)
+            return
+        if self.outbox.read()[0] and not self.outbox.flush(self.uri):
+            self.outbox.add(entry, self.outbox.error)  # behind what waits: MLflow gets everything in order
+            return
+        try:
+            _send(_client(self.uri), entry, None)
+        except Exception as e:  # noqa: BLE001 - MLflow raises many types (HTTP, database, OS)
+            if _refused(e):
+                log.warning("MLflow refused %s (%s); dropped", _describe(entry), e)
+            else:
+                self.outbox.add(entry, e)
 
+    def defer(self, *entries: dict[str, Any]) -> None:
+        """Put ``entries`` (:meth:`artifact_entry`, :meth:`tags_entry`, :meth:`status_entry`) in the outbox
+        unsent: whoever sends several things at once writes them all first, so a kill part-way leaves the
+        rest to the rerun."""
+        assert self.outbox is not None, "defer needs a run with an outbox"
+        for e in entries:
+            self.outbox.put({"run": self.run_id, **e})
+
+    def log_params(self, params: dict[str, Any]) -> None:
         flat = flatten(params)  # credentials redacted by flatten; and again here, whoever changes flatten
-        items = [Param(k, v if credential_kind(v, k) is None else REDACTED) for k, v in flat.items()]
-        client = _client(self.uri)
-        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            client.log_batch(self.run_id, params=items[i : i + 100])
+        self._deliver({"op": "params", "params": {k: v if credential_kind(v, k) is None else REDACTED
+                                                  for k, v in flat.items()}})  # fmt: skip
 
     def log_metrics(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
+        """``values`` at ``step``, stamped now (a point sent later keeps this time); NaN values are left out."""
         now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, step) for k, v in values.items() if v == v]  # drop NaN
-        _client(self.uri).log_batch(self.run_id, metrics=ms)
+        self._deliver(
+            {"op": "metrics", "metrics": [[k, float(v), now, int(step)] for k, v in values.items() if v == v]}
+        )
+
+    @staticmethod
+    def artifact_entry(path: str | Path, artifact_path: str | None = None) -> dict[str, Any]:
+        """The outbox entry of a file or folder to log (by absolute path: it is read when sent)."""
+        return {"op": "artifact", "path": str(Path(path).absolute()), "artifact_path": artifact_path}
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        p = Path(path)
-        client = _client(self.uri)
-        if p.is_dir():
-            client.log_artifacts(self.run_id, str(p), artifact_path)
-        else:
-            client.log_artifact(self.run_id, str(p), artifact_path)
+        self._deliver(self.artifact_entry(path, artifact_path))
 
     def log_manifest(self, manifest: Path, n_rows: int, digest: str, context: str) -> None:
         """The corpus manifest as the run's dataset input (MLflow's "Datasets used" column)."""
@@ -340,10 +594,18 @@ class Run:
             self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
         )
 
+    @staticmethod
+    def tags_entry(tags: dict[str, str]) -> dict[str, Any]:
+        """The outbox entry of tags (values that look like credentials redacted)."""
+        return {"op": "tags", "tags": {k: safe_value(v, k) for k, v in tags.items()}}
+
     def set_tags(self, tags: dict[str, str]) -> None:
-        client = _client(self.uri)
-        for k, v in tags.items():
-            client.set_tag(self.run_id, k, safe_value(v, k))
+        self._deliver(self.tags_entry(tags))
+
+    @staticmethod
+    def status_entry(status: str) -> dict[str, Any]:
+        """The outbox entry of a run's end."""
+        return {"op": "status", "status": status}
 
     def finish(self, status: str = "FINISHED") -> None:
-        _client(self.uri).set_terminated(self.run_id, status=status)
+        self._deliver(self.status_entry(status))

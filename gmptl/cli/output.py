@@ -7,7 +7,8 @@ def format_summary(s: dict) -> str:
     lines = [
         f"utterances: {s['n_utterances']}   hours: {s['hours']:.3f}   speakers: {len(s['speakers'])}   "
         f"genders: F {s['genders'].get('F', 0)} / M {s['genders'].get('M', 0)}   bad (left out): {len(s['bad'])}",
-        "per class:   " + "  ".join(f"{k} {v}" for k, v in s["per_class"].items()),
+        "per class:   "
+        + ("  ".join(f"{k} {v}" for k, v in s["per_class"].items()) or "none (unlabeled audio)"),
         "per session: " + "  ".join(f"{k} {v}" for k, v in s["per_session"].items()),
     ]
     return "\n".join(lines)

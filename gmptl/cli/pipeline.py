@@ -48,7 +48,9 @@ def run(
     click.echo(format_folds(out.fold_rows))
     click.echo("")
     click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))
-    click.echo(f"corpus:   {out.corpus_root}\nmanifest: {out.manifest}\nfolds:    {out.folds}")
+    click.echo(
+        f"corpus:   {out.corpus_root}\nmanifest: {out.manifest}\nfolds:    {out.folds or 'none needed'}"
+    )
     for res in out.extract:
         click.echo(f"features: {res.folder} ({res.n_utterances} utterances)")
     for stage, manifests in out.trained.items():
@@ -153,7 +155,7 @@ def pretrain(config_file: str, out_dir: str | None, sets: tuple[str, ...]) -> No
     from gmptl.experiment import run_experiment
 
     cfg = load_for_steps(config_file, sets)
-    out = run_experiment(cfg, until="pretrain", only_folds=[0])
+    out = run_experiment(cfg, until="pretrain")
     report = files.read_marker(paths.pretrain_dir(cfg) / paths.PRETRAIN_JSON)
     assert report is not None, "the pretrain step returned without its report"
     click.echo("steps: " + ", ".join(f"{k} ({v})" for k, v in out.steps.items()))

@@ -10,6 +10,14 @@ so driver memory depends on K x D, never on the number of frames. Every K of the
 set is fitted over the same loaded frames. Output per fold: ``L<layer>_k<K>.npy``
 centroids and ``kmeans.json``.
 
+Faults: an actor that dies mid-fit (its process killed: out of memory, a lost node) is replaced,
+up to ``runtime.actor_restarts`` times per part, by one that reloads the same part (same utterances,
+budget and seed, hence the same frames); the Lloyd iteration it was in continues and a seeding it
+was in starts again, so the codebooks equal an undisturbed fit's. Past the bound the fit fails with
+an error naming the part's feature shards. Every actor the fit started is killed however it ends.
+Each feature shard file is checked against its extraction checksum before its frames are read
+(``store.check_shard_array``), for k-means and for labels.
+
 label: a Ray Data pass over the feature shards assigns every frame of every
 utterance in the fold to its nearest centroid for every K and writes int32 label
 arrays shard by shard, with the feature shard's offsets; a label count that
@@ -18,9 +26,13 @@ differs from the utterance's frame count is an error naming the utterance.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +43,7 @@ from gmptl import files, paths
 from gmptl.clustering import kmeans
 from gmptl.clustering.labels import label_quality, label_shard
 from gmptl.config import ClusterConfig, Config, RuntimeConfig, to_dict
+from gmptl.errors import GmptlError
 from gmptl.features import store
 
 log = logging.getLogger(__name__)
@@ -47,21 +60,44 @@ def _reset_peak_rss() -> None:
 
 
 class FrameShard:
-    """Ray actor: a disjoint part of the fold's training frames, sampled to its budget."""
+    """Ray actor: a disjoint part of the fold's training frames, sampled to its budget.
+
+    The constructor only records the part; ``load`` reads it. A corrupt shard is then an error of
+    a call (the actor stays alive), never an actor that died while being created, which the fit
+    would take for a lost process and replace.
+    """
 
     def __init__(
-        self, folder: str, utt_ids: list[str], layer: int, budget: int, seed: list[int], gpu: bool = False
+        self,
+        folder: str,
+        utt_ids: list[str],
+        layer: int,
+        budget: int,
+        seed: list[int],
+        gpu: bool = False,
+        verify_shards: Sequence[int] = (),
     ):
+        self.folder, self.utt_ids, self.layer = Path(folder), utt_ids, layer
+        self.budget, self.seed, self.gpu, self.verify_shards = budget, seed, gpu, list(verify_shards)
+
+    def load(self) -> tuple[int, int, int]:
+        """Check ``verify_shards`` against their checksums, then load the part's sampled frames.
+
+        Returns (frames loaded, frames of the part, this process's pid: the driver logs it, so a
+        kernel out-of-memory message that names the pid names the part too).
+        """
         import faiss
 
         _reset_peak_rss()
         faiss.omp_set_num_threads(1)
-        self.gpu = gpu
-        fs = store.FeatureStore(Path(folder))
+        for shard in self.verify_shards:
+            store.check_shard_array(self.folder, shard, self.layer)
+        fs = store.FeatureStore(self.folder)
+        utt_ids, layer = self.utt_ids, self.layer
         rows = fs.index.loc[[(u, layer) for u in utt_ids]]
         total = int(rows.n_frames.sum())
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(total, size=min(budget, total), replace=False))
+        rng = np.random.default_rng(self.seed)
+        keep = np.sort(rng.choice(total, size=min(self.budget, total), replace=False))
         # Gather only the kept frames, utterance by utterance, from the memory maps, straight into
         # one preallocated float32 array (a list of parts and a concatenate would hold them twice).
         starts = np.concatenate([[0], np.cumsum(rows.n_frames.to_numpy())])
@@ -72,9 +108,7 @@ class FrameShard:
             if hi > lo:
                 self.x[lo:hi] = fs.get(u, layer)[keep[lo:hi] - starts[i]]
         self.total = total
-
-    def count(self) -> tuple[int, int]:
-        return len(self.x), self.total
+        return len(self.x), total, os.getpid()
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory of this actor's process since the actor started (see ``_reset_peak_rss``)."""
@@ -111,6 +145,211 @@ def _split_evenly(utt_ids: list[str], n_frames: dict[str, int], n_parts: int) ->
     return [p for p in parts if p]
 
 
+def _verify_duty(shards_of_part: list[list[int]]) -> list[list[int]]:
+    """Which part checks which shard's checksum: every shard once, by the least busy part that reads it.
+
+    The parts are split by utterance, so most shards are read by several parts; hashing each once
+    spreads the checksums over the actors instead of repeating them.
+    """
+    duty: list[list[int]] = [[] for _ in shards_of_part]
+    readers: dict[int, list[int]] = {}
+    for i, shards in enumerate(shards_of_part):
+        for shard in shards:
+            readers.setdefault(shard, []).append(i)
+    for shard in sorted(readers):
+        j = min(readers[shard], key=lambda i: (len(duty[i]), i))
+        duty[j].append(shard)
+    return duty
+
+
+class PartLostError(GmptlError, RuntimeError):
+    """A k-means actor died (its process killed) more often than ``runtime.actor_restarts`` allows."""
+
+
+class _Replaced(Exception):
+    """A part's actor was replaced during a call that builds on state of earlier calls (a seeding)."""
+
+
+def _without_frames(error: BaseException) -> BaseException:
+    """``error`` with no traceback left anywhere in its chain, so that it keeps no frame alive (nor a
+    frame's locals, such as a dataset whose executor holds actor handles)."""
+    seen: list[BaseException] = []
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        e.__traceback__ = None
+        todo += [
+            c for c in (getattr(e, "cause", None), e.__cause__, e.__context__) if isinstance(c, BaseException)
+        ]
+    return error
+
+
+def _get(ref: Any) -> Any:
+    """``ray.get``; an actor's user-facing error (a corrupt shard) is raised as itself, so the CLI prints
+    its message, not a remote traceback."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, GmptlError):
+            raise e.cause from e
+        raise
+
+
+class _Parts:
+    """The fit's ``FrameShard`` actors, one per part of the frames; one that dies is replaced.
+
+    The fit replaces actors itself rather than through Ray's ``max_restarts``/``max_task_retries``:
+    Ray reruns a restarted actor's constructor and retries only the pending call, but the actor has
+    lost what earlier calls built (its loaded frames, a k-means++ seeding in progress), so the retried
+    call would fail or answer from other state. Here a replacement first reloads its part (the same
+    utterances, budget and seed: the same frames); then a stateless call (``partial_stats``: its
+    statistics depend only on the frames and the centroids sent) is sent to it again, while a call
+    that builds on earlier ones raises ``_Replaced`` for the caller to start that work again on every
+    part. The actor class is built with Ray's restarts off (``max_restarts=0``) so the two never mix.
+    """
+
+    def __init__(self, actor_cls: Any, specs: list[dict[str, Any]], names: list[str], max_restarts: int):
+        self.actor_cls, self.specs, self.names, self.max_restarts = actor_cls, specs, names, max_restarts
+        self.restarts = [0] * len(specs)
+        self.created: list[Any] = []  # every actor started, replacements too: kill_all kills them all
+        self.actors: list[Any] = []
+        self.loaded: list[tuple[int, int]] = []
+
+    def _new(self, i: int) -> Any:
+        actor = self.actor_cls.remote(**self.specs[i])
+        self.created.append(actor)
+        return actor
+
+    def start(self) -> list[tuple[int, int]]:
+        """Start one actor per part and load the parts in parallel: (frames loaded, frames of the part) each."""
+        import ray
+
+        self.actors = [self._new(i) for i in range(len(self.specs))]
+        refs = [a.load.remote() for a in self.actors]
+        got = []
+        for i, ref in enumerate(refs):
+            try:
+                got.append(self._loaded(i, _get(ref)))
+            except ray.exceptions.RayActorError as err:
+                got.append(self._replace(i, err))
+        self.loaded = got
+        return got
+
+    def _loaded(self, i: int, reply: tuple[int, int, int]) -> tuple[int, int]:
+        n, total, pid = reply
+        log.info("k-means %s: %d of %d frames loaded, actor pid %d", self.names[i], n, total, pid)
+        return n, total
+
+    def _replace(self, i: int, err: Exception) -> tuple[int, int]:
+        """A new actor for part i, its part loaded, after its actor died; PartLostError past the bound."""
+        import ray
+
+        while True:
+            if self.restarts[i] >= self.max_restarts:
+                raise PartLostError(
+                    f"the k-means actor of {self.names[i]} died {self.restarts[i] + 1} times, more than "
+                    f"runtime.actor_restarts={self.max_restarts} allows ({type(err).__name__}: {err}). If "
+                    "it ran out of memory, lower clustering.max_frames or raise clustering.num_workers; if "
+                    "its node went away, rerun when the cluster is whole"
+                ) from err
+            self.restarts[i] += 1
+            log.warning("k-means %s: its actor died (%s); starting replacement %d of at most %d",
+                        self.names[i], type(err).__name__, self.restarts[i], self.max_restarts)  # fmt: skip
+            ray.kill(self.actors[i])  # dead already, or a process Ray lost touch with: never left running
+            self.actors[i] = self._new(i)
+            try:
+                got = self._loaded(i, _get(self.actors[i].load.remote()))
+            except ray.exceptions.RayActorError as e:
+                err = e
+                continue
+            # The part is a fixed (utterances, budget, seed): a different count is a bug, not a fault.
+            assert not self.loaded or got == self.loaded[i], (got, self.loaded[i])
+            return got
+
+    def call(self, method: str, args: Sequence[tuple], resume: bool = True) -> list:
+        """``method(*args[i])`` on the actor of every part i, in parallel; the replies in part order.
+
+        A part whose actor died is replaced; with ``resume`` the call is sent again to the replacement,
+        without it ``_Replaced`` is raised (after the replacement loaded its part).
+        """
+        import ray
+
+        refs = [getattr(a, method).remote(*ar) for a, ar in zip(self.actors, args, strict=True)]
+        out = []
+        for i, ref in enumerate(refs):
+            while True:
+                try:
+                    out.append(_get(ref))
+                    break
+                except ray.exceptions.RayActorError as err:
+                    self._replace(i, err)
+                    if not resume:
+                        raise _Replaced from err
+                    ref = getattr(self.actors[i], method).remote(*args[i])
+        return out
+
+    def kill_all(self) -> None:
+        import ray
+
+        for actor in self.created:
+            ray.kill(actor)
+
+
+def _shard_names(folder: Path, shards: list[int], layer: int, show: int = 4) -> str:
+    names = [store.shard_array(folder, s, layer).name for s in shards]
+    more = f" and {len(names) - show} more" if len(names) > show else ""
+    return ", ".join(names[:show]) + more
+
+
+@dataclass
+class _Seeded:
+    rng: np.random.Generator  # the codebook's generator, as seeding left it (Lloyd re-seeds with it)
+    centroids: np.ndarray  # (K, D) float32
+    sizes: list[int]  # seeding sample rows per part
+    potentials: list[float]  # per k-means++ start, on the seeding sample; the lowest is kept
+    examined: float | None  # share of the rows a seeding step examined (the rest were pruned)
+
+
+def _seed_codebook(parts: _Parts, k: int, cfg: ClusterConfig, loaded: list[tuple[int, int]]) -> _Seeded:
+    """k-means++ (or random) seeding of one codebook on the actors; raises ``_Replaced`` if one died.
+
+    The seeding sample stays on the actors, each holding its share (k-means++ needs points, not
+    statistics): the driver only sees candidate rows and potentials, and each step's (pruned)
+    distance computations run on every actor at once. Its generator is made here, so a seeding
+    started again after a replacement draws the same numbers.
+    """
+    rng = np.random.default_rng([cfg.seed, k])
+    n_loaded = sum(n for n, _ in loaded)
+    n_seed = min(n_loaded, max(cfg.init_points_per_centroid * k, cfg.init_min_points))
+    sizes = parts.call(
+        "start_seeding",
+        [(round(n_seed * n / n_loaded) + 1, [cfg.seed, k, i]) for i, (n, _) in enumerate(loaded)],
+        resume=False,
+    )
+
+    def call(method: str, args: Sequence[tuple]) -> list:
+        return parts.call("seeding_call", [(method, *a) for a in args], resume=False)
+
+    examined, potentials = None, []
+    if cfg.init == "random":
+        picked = np.sort(rng.choice(sum(sizes), size=k, replace=False))
+        centroids = kmeans.shard_rows(call, sizes, picked)
+    else:
+        trials = 2 + int(np.log(k)) if cfg.init == "greedy-kmeans++" else 1
+        centroids = kmeans.kmeanspp_seed(
+            call, sizes, k, rng, n_local_trials=trials, starts=cfg.init_starts, on_start=potentials.append
+        )
+        log.info("k=%d seeding potential of each start: %s", k, ", ".join(f"{p:.6g}" for p in potentials))
+        n_examined, n_full = np.sum(call("pruning", [()] * len(loaded)), axis=0)
+        examined = float(n_examined / max(n_full, 1))
+    return _Seeded(rng, centroids, sizes, potentials, examined)
+
+
 def fit_codebooks(
     features_folder: Path,
     train_utts: list[str],
@@ -119,7 +358,12 @@ def fit_codebooks(
     runtime: RuntimeConfig,
     out: Path,
 ) -> dict[str, Any]:
-    """Fit one codebook per K on the training frames; write centroids and kmeans.json into ``out``."""
+    """Fit one codebook per K on the training frames; write centroids and kmeans.json into ``out``.
+
+    Raises:
+        PartLostError: one part's actor died more than ``runtime.actor_restarts`` times.
+        store.CorruptShardError: a feature shard no longer matches its extraction checksum.
+    """
     import ray
 
     from gmptl.runtime import ensure_ray
@@ -134,26 +378,38 @@ def fit_codebooks(
         )
     n_frames = {u: int(fs.index.loc[(u, layer), "n_frames"]) for u in train_utts}
     total = sum(n_frames.values())
-    parts = _split_evenly(train_utts, n_frames, cfg.num_workers)
+    utt_parts = _split_evenly(train_utts, n_frames, cfg.num_workers)
     budget = min(cfg.max_frames, total)
-    shares = [round(budget * sum(n_frames[u] for u in p) / total) for p in parts]
+    shares = [round(budget * sum(n_frames[u] for u in p) / total) for p in utt_parts]
     shares[-1] = budget - sum(shares[:-1])  # exact budget
+    shards_of = [sorted({int(fs.index.loc[(u, layer), "shard"]) for u in p}) for p in utt_parts]
+    duty = _verify_duty(shards_of)
     gpu = cfg.num_gpus_per_worker > 0
-    Actor = ray.remote(num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker)(FrameShard)
-    actors = [
-        Actor.remote(str(features_folder), p, layer, s, [cfg.seed, i], gpu)
-        for i, (p, s) in enumerate(zip(parts, shares, strict=True))
+    Actor = ray.remote(num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker, max_restarts=0)(
+        FrameShard
+    )
+    specs = [
+        {"folder": str(features_folder), "utt_ids": p, "layer": layer, "budget": s, "seed": [cfg.seed, i],
+         "gpu": gpu, "verify_shards": duty[i]}
+        for i, (p, s) in enumerate(zip(utt_parts, shares, strict=True))
+    ]  # fmt: skip
+    names = [
+        f"part {i} of {len(utt_parts)} ({len(p)} utterances in {features_folder}: "
+        f"{_shard_names(features_folder, shards_of[i], layer)})"
+        for i, p in enumerate(utt_parts)
     ]
-    # Killed however the fit ends: an error, or a Tune trial stopped mid-fit, must not leave actors
-    # holding their frames (and CPUs) for the rest of the session.
+    parts = _Parts(Actor, specs, names, runtime.actor_restarts)
+    # Killed however the fit ends (an error, a lost part, an interrupt, a Tune trial stopped mid-fit):
+    # no actor may hold its frames (and CPUs) for the rest of the session. A trial whose process is
+    # killed outright takes its actors with it: Ray ends the actors a dead process owned.
     try:
-        counts = ray.get([a.count.remote() for a in actors])
-        n_loaded = sum(c for c, _ in counts)
+        loaded = parts.start()
+        n_loaded = sum(n for n, _ in loaded)
         log.info(
             "k-means: %d of %d training frames loaded on %d actors (layer %d)",
             n_loaded,
             total,
-            len(actors),
+            len(loaded),
             layer,
         )
         if n_loaded < max(cfg.k):
@@ -163,7 +419,7 @@ def fit_codebooks(
 
         def stats_of(c: np.ndarray) -> kmeans.PartialStats:
             ref = ray.put(np.ascontiguousarray(c, dtype=np.float32))
-            return kmeans.merge(ray.get([a.partial_stats.remote(ref) for a in actors]))
+            return kmeans.merge(parts.call("partial_stats", [(ref,)] * len(loaded)))
 
         out.mkdir(parents=True, exist_ok=True)
         report: dict[str, Any] = {
@@ -173,52 +429,19 @@ def fit_codebooks(
             "codebooks": {},
         }
         for k in cfg.k:
-            rng = np.random.default_rng([cfg.seed, k])
             t_seed = time.perf_counter()
-            n_seed = min(n_loaded, max(cfg.init_points_per_centroid * k, cfg.init_min_points))
-            # The seeding sample stays on the actors, each holding its share (k-means++ needs points,
-            # not statistics): the driver only sees candidate rows and potentials, and each step's
-            # (pruned) distance computations run on every actor at once.
-            sizes = ray.get(
-                [
-                    a.start_seeding.remote(round(n_seed * c / n_loaded) + 1, [cfg.seed, k, i])
-                    for i, (a, (c, _)) in enumerate(zip(actors, counts, strict=True))
-                ]
-            )
-
-            def call(method: str, args: list[tuple]) -> list:
-                return ray.get(
-                    [a.seeding_call.remote(method, *ar) for a, ar in zip(actors, args, strict=True)]
-                )
-
-            seed_examined, seed_potentials = None, []
-            if cfg.init == "random":
-                picked = np.sort(rng.choice(sum(sizes), size=k, replace=False))
-                centroids = kmeans.shard_rows(call, sizes, picked)
-            else:
-                trials = 2 + int(np.log(k)) if cfg.init == "greedy-kmeans++" else 1
-                centroids = kmeans.kmeanspp_seed(
-                    call,
-                    sizes,
-                    k,
-                    rng,
-                    n_local_trials=trials,
-                    starts=cfg.init_starts,
-                    on_start=seed_potentials.append,
-                )
-                log.info(
-                    "k=%d seeding potential of each start: %s",
-                    k,
-                    ", ".join(f"{p:.6g}" for p in seed_potentials),
-                )
-                examined, full = np.sum(call("pruning", [()] * len(actors)), axis=0)
-                seed_examined = float(examined / max(full, 1))
+            while True:
+                try:
+                    seeded = _seed_codebook(parts, k, cfg, loaded)
+                    break
+                except _Replaced:
+                    log.warning("k=%d: seeding again from its start on every part", k)
             t_k = time.perf_counter()
             centroids, history = kmeans.iterate(
                 stats_of,
-                centroids,
+                seeded.centroids,
                 cfg.n_iter,
-                rng,
+                seeded.rng,
                 on_iter=lambda r, k=k: log.info(
                     "k=%d iter %d objective %.6g imbalance %.3f reseeded %d",
                     k,
@@ -238,18 +461,17 @@ def fit_codebooks(
                 "final_imbalance": kmeans.imbalance(final.counts),
                 "clusters_used": int((final.counts > 0).sum()),
                 "n_iter_run": len(history),
-                "seed_sample": int(sum(sizes)),
-                # Share of the rows a seeding step examined (the rest were pruned; only the last start's).
-                "seed_rows_examined": seed_examined,
-                "seed_potentials": seed_potentials,  # per start, on the seeding sample; the lowest is kept
+                "seed_sample": int(sum(seeded.sizes)),
+                "seed_rows_examined": seeded.examined,  # only the last start's
+                "seed_potentials": seeded.potentials,
                 "seed_s": t_k - t_seed,
                 "fit_s": time.perf_counter() - t_k,
             }
         # Memory sizing for a cluster: what the largest actor needed for its share of the frames.
-        report["actor_peak_rss_mb"] = ray.get([a.peak_rss_mb.remote() for a in actors])
+        report["actor_peak_rss_mb"] = parts.call("peak_rss_mb", [()] * len(loaded))
+        report["actor_restarts"] = list(parts.restarts)  # per part: replacements after its actor died
     finally:
-        for a in actors:
-            ray.kill(a)
+        parts.kill_all()
     report["wall_s"] = time.perf_counter() - t0
     report["config"] = to_dict(cfg)
     files.write_json(out / paths.KMEANS_JSON, report)
@@ -309,6 +531,11 @@ def assign_labels(
     index = fs.index.xs(layer, level="layer").reset_index()
     index = index[index.utt_id.isin(utt_parts.index)].copy()
     shards = sorted(index.shard.unique().tolist())
+    # Checksums first, one Ray task per shard: in the labelling actors a corrupt shard would reach the
+    # driver only as Ray Data's "UDF failed" wrapper, without its type.
+    check = ray.remote(num_cpus=cfg.num_cpus_per_worker)(store.check_shard_array)
+    for ref in [check.remote(features_folder, s, layer) for s in shards]:
+        _get(ref)
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
     ds = ds.map_batches(
         ShardLabeller,
@@ -320,8 +547,21 @@ def assign_labels(
         **({"num_gpus": cfg.num_gpus_per_worker} if cfg.num_gpus_per_worker > 0 else {}),
         **actor_fault_bounds(runtime),
     )  # fmt: skip
-    for _ in ds.iter_rows():
-        pass
+    failed: BaseException | None = None
+    try:
+        for _ in ds.iter_rows():
+            pass
+    except Exception as e:
+        failed = _without_frames(e)
+    if failed is not None:
+        # Ray Data ends a failed run's actors by dropping its handles to them, not with ray.kill; the
+        # error's traceback holds the executor's frames, so while the error is kept (a fold job's
+        # future, a Tune trial's result) the actors would keep their CPUs. So: an error without
+        # frames, no dataset, and a collection of the executor's reference cycles, which refcounting
+        # alone leaves in place (measured: without it the actors outlived the error).
+        del ds
+        gc.collect()
+        raise failed
     # The label count of every utterance must equal its feature frame count.
     for shard, group in index.groupby("shard"):
         for k in centroids:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from gmptl import files
 from gmptl.config import FoldsConfig, config_hash
+from gmptl.data.manifest import is_labelled
 from gmptl.errors import FoldError
 
 
@@ -96,6 +97,11 @@ def _speaker_folds(
 
 def make_folds(manifest: pd.DataFrame, cfg: FoldsConfig) -> list[Fold]:
     """Build and check the folds the config asks for (see module docstring)."""
+    if not is_labelled(manifest):
+        raise FoldError(
+            "the manifest has no emotion labels (data.corpus=unlabeled): folds are for labelled corpora, "
+            "an unlabeled one is only for `gmptl pretrain`"
+        )
     speakers = sorted(manifest["speaker"].unique().tolist())
     if cfg.scheme == "loso":
         if manifest["session"].isna().any():

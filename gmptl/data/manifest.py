@@ -3,6 +3,10 @@
 Written by ``gmptl prepare`` (one row per usable utterance, sorted by utt_id) and
 read by every later stage. ``path`` is absolute; ``duration_s`` and
 ``sample_rate`` are measured from the decoded file, once, in prepare.
+
+``emotion`` and ``gender`` are set in every row of a labelled corpus and null in every
+row of the ``unlabeled`` corpus (audio for ``gmptl pretrain``); a manifest with some
+rows labelled and others not is an error.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ SCHEMA = pa.schema(
         pa.field("duration_s", pa.float64(), nullable=False),
         pa.field("sample_rate", pa.int32(), nullable=False),
         pa.field("speaker", pa.string(), nullable=False),
-        pa.field("gender", pa.string(), nullable=False),  # "F" or "M"
+        pa.field("gender", pa.string()),  # "F" or "M"; null in an unlabeled manifest
         pa.field("session", pa.string()),  # null for corpora without sessions
-        pa.field("emotion", pa.string(), nullable=False),  # after the label map
+        pa.field("emotion", pa.string()),  # after the label map; null in an unlabeled manifest
         pa.field("corpus", pa.string(), nullable=False),
         pa.field("text", pa.string()),
         pa.field("valence", pa.float64()),
@@ -40,18 +44,19 @@ SCHEMA = pa.schema(
     ]
 )
 REQUIRED = [f.name for f in SCHEMA if not f.nullable]
+LABELS = ["emotion", "gender"]  # all set (a labelled corpus) or all null (an unlabeled one)
 COLUMNS = [f.name for f in SCHEMA]
 
 
 @dataclass
 class Utterance:
-    """One labelled utterance as a loader found it (before its audio is checked)."""
+    """One utterance as a loader found it (before its audio is checked); no emotion or gender when unlabeled."""
 
     utt_id: str
     path: str
     speaker: str
-    gender: str
-    emotion: str
+    gender: str | None
+    emotion: str | None
     corpus: str
     session: str | None = None
     text: str | None = None
@@ -140,10 +145,22 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     for c in REQUIRED:
         if df[c].isna().any():
             raise BadInputError(f"manifest {p}: column {c!r} has {int(df[c].isna().sum())} empty values")
+    for c in LABELS:
+        n_empty = int(df[c].isna().sum())
+        if 0 < n_empty < len(df):
+            raise BadInputError(
+                f"manifest {p}: column {c!r} has {n_empty} empty values in {len(df)} rows (a manifest is "
+                "labelled in every row, or in none for data.corpus=unlabeled); rebuild it with `gmptl prepare`"
+            )
     dups = df["utt_id"][df["utt_id"].duplicated()].tolist()
     if dups:
         raise BadInputError(f"manifest {p}: duplicated utt_id {dups[:5]}")
     return df
+
+
+def is_labelled(df: pd.DataFrame) -> bool:
+    """Whether the manifest's utterances have emotion labels (False for data.corpus=unlabeled)."""
+    return bool(df["emotion"].notna().any())
 
 
 def summarize(df: pd.DataFrame, bad: list[BadItem] | None = None) -> Summary:

@@ -28,7 +28,7 @@ from gmptl.config import Config, DataConfig, config_hash, save_config
 from gmptl.data.audio import AudioBounds, AudioError, inspect_audio
 from gmptl.data.corpora import LabelMapper, get_corpus
 from gmptl.data.manifest import BadItem, Summary, Utterance, summarize, to_frame, write_manifest
-from gmptl.errors import BadInputError
+from gmptl.errors import BadInputError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def prepare_manifest(
     if not kept:
         raise BadInputError(
             f"{root}: no usable utterances for corpus {data.corpus!r} "
-            f"({len(bad)} bad, {sum(loaded.excluded.values())} excluded by the label map)"
+            f"({len(bad)} bad, {sum(loaded.excluded.values())} excluded: {dict(loaded.excluded) or 'none'})"
         )
     fraction = len(bad) / n_candidates
     if fraction > data.max_bad_fraction:
@@ -193,11 +193,12 @@ def prepare_manifest(
 
 @dataclass
 class Prepared:
-    """What every later step starts from: the manifest (as a table) and the speaker-independent folds."""
+    """What every later step starts from: the manifest (as a table) and the speaker-independent folds
+    (none, and no folds file, when the steps to run read only the manifest)."""
 
     corpus_root: Path
     manifest_path: Path
-    folds_path: Path
+    folds_path: Path | None
     summary: dict[str, Any]
     df: Any  # pandas.DataFrame
     folds: list[Any]  # gmptl.data.folds.Fold
@@ -222,16 +223,30 @@ def ensure_synthetic_corpus(cfg: Config, root: Path) -> str:
     return "ran"
 
 
-def prepare_folds(cfg: Config, status: dict[str, str] | None = None) -> Prepared:
+def require_labels(data: DataConfig) -> None:
+    """ConfigError when ``data.corpus`` has no labels: checked before any audio is read by every command
+    that builds folds or trains on emotions."""
+    if not get_corpus(data.corpus).labelled:
+        raise ConfigError(
+            f"data.corpus={data.corpus} has no emotion or gender labels: it is only for `gmptl pretrain`; "
+            "to train or evaluate, use a labelled corpus (docs/corpora.md)"
+        )
+
+
+def prepare_folds(cfg: Config, status: dict[str, str] | None = None, with_folds: bool = True) -> Prepared:
     """The setup step (``folds``): the synthetic corpus if asked for, the manifest, the folds.
 
     The corpus and manifest are cached by the data hash; the folds are cheap and always rebuilt and
     re-checked for speaker leakage. ``status`` gets "ran" or "cached" for synth, prepare and folds.
+    ``with_folds=False`` (``gmptl pretrain``, which reads only the manifest) stops after the manifest, so
+    a corpus without labels or speakers (``data.corpus=unlabeled``) can be used.
     """
     from gmptl import paths
     from gmptl.data.folds import make_folds, write_folds
     from gmptl.data.manifest import read_manifest
 
+    if with_folds:
+        require_labels(cfg.data)
     status = {} if status is None else status
     root = paths.corpus_root(cfg)
     if cfg.data.corpus == "synthetic":
@@ -246,6 +261,8 @@ def prepare_folds(cfg: Config, status: dict[str, str] | None = None) -> Prepared
         status["prepare"] = "ran"
         summary = prepare_manifest(cfg.data, root, manifest, full_config=cfg).summary.as_dict()
     df = read_manifest(manifest)
+    if not with_folds:
+        return Prepared(root, manifest, None, summary, df, [])
     folds = make_folds(df, cfg.folds)
     folds_file = paths.folds_path(cfg)
     status["folds"] = "cached" if folds_file.is_file() else "ran"

@@ -10,6 +10,8 @@ and, once every shard is committed, ``index.parquet`` with one row per
 (utt_id, layer): shard, offset, n_frames. A shard counts as done only if its
 JSON exists and every file it names has the recorded size (and, when verified,
 checksum): a half-written shard from a crashed worker is recomputed, never read.
+The steps that read shards after extraction (k-means, labels) check each layer
+file they read against its record (:func:`check_shard_array`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from gmptl import files, paths
+from gmptl.errors import GmptlError
 
 INDEX_FILE = paths.FEATURES_INDEX
 
@@ -83,12 +86,56 @@ def shard_problem(folder: Path, shard: int, expected_utts: list[str], verify: bo
     if record.get("utt_ids") != expected_utts:
         return "holds other utterances than planned"
     for info in record["files"].values():
-        f = folder / info["name"]
-        if not f.is_file() or f.stat().st_size != info["bytes"]:
-            return f"{info['name']}: size differs from its commit record"
-        if verify and _sha256(f) != info["sha256"]:
-            return f"{info['name']}: checksum differs from its commit record"
+        if (problem := _file_problem(folder, info, verify)) is not None:
+            return f"{info['name']}: {problem}"
     return None
+
+
+def _file_problem(folder: Path, info: dict[str, Any], verify: bool) -> str | None:
+    """None if the file of a commit record's ``files`` entry has its recorded size (and checksum)."""
+    f = folder / info["name"]
+    if not f.is_file():
+        return "missing"
+    if f.stat().st_size != info["bytes"]:
+        return "size differs from its commit record"
+    if verify and _sha256(f) != info["sha256"]:
+        return "checksum differs from its commit record"
+    return None
+
+
+class CorruptShardError(GmptlError, ValueError):
+    """A feature shard file no longer matches its commit record (changed or damaged after extraction)."""
+
+
+# Rerunning repairs: every command that clusters or labels (`gmptl run`, `cluster`, `label`, `pretrain`)
+# first runs extraction with verify=True, which checksums every cached shard and recomputes a damaged one.
+_REPAIR = (
+    "rerun the command: its extraction step checksums every cached shard first and recomputes a damaged one"
+)
+
+
+def check_shard_array(folder: Path, shard: int, layer: int) -> None:
+    """Check one shard's layer file against the size and sha256 of its commit record, before it is read.
+
+    Raises:
+        CorruptShardError: the commit record is missing or unreadable, or the file is missing, has
+            another size or another checksum; the message names the file and how to repair it.
+    """
+    folder = Path(folder)
+    record_path = shard_json(folder, shard)
+    try:
+        info = json.loads(record_path.read_text())["files"][str(layer)]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CorruptShardError(
+            f"feature shard {shard} in {folder}: commit record {record_path.name} is missing, unreadable or has "
+            f"no layer {layer} ({type(e).__name__}: {e}); {_REPAIR}"
+        ) from e
+    problem = _file_problem(folder, info, verify=True)
+    if problem is not None:
+        raise CorruptShardError(
+            f"feature shard file {folder / info['name']}: {problem} ({record_path.name}), so it changed after "
+            f"extraction; {_REPAIR}"
+        )
 
 
 def build_index(folder: Path, n_shards: int) -> pd.DataFrame:

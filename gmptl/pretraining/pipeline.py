@@ -7,7 +7,7 @@ Each iteration is the GMP steps applied to unlabeled audio, with the same functi
       -> frame targets for every utterance                         gmptl.clustering.pipeline.assign_labels
       -> masked prediction of the targets on Ray Train             gmptl.training.pipeline.fit_stage ("pretrain")
 
-Labels in the manifest are ignored. A share of the utterances (``pretrain.validation_fraction``) is held
+Labels in the manifest are ignored (an ``unlabeled`` corpus has none), and no folds are built. A share of the utterances (``pretrain.validation_fraction``) is held
 out: k-means never sees it, and masked-prediction accuracy is measured on it. Every part is cached in
 the iteration's folder (``paths.pretrain_iteration_dir``) and resumes where it stopped; the last
 iteration's best model becomes ``<pretrain_dir>/model``, a model folder ``model.backbone`` accepts, with
@@ -55,7 +55,7 @@ def _iteration(cfg: Config, df: pd.DataFrame, parts: pd.Series, i: int, parent: 
     from gmptl.clustering.labels import label_quality
     from gmptl.clustering.pipeline import assign_labels, fit_codebooks
     from gmptl.features.pipeline import extract_features
-    from gmptl.training.pipeline import class_names, fit_stage
+    from gmptl.training.pipeline import class_names, fit_stage, settle_outbox
 
     it = cfg.pretrain.iterations[i]
     folder = paths.pretrain_iteration_dir(cfg, i)
@@ -129,6 +129,8 @@ def _iteration(cfg: Config, df: pd.DataFrame, parts: pd.Series, i: int, parent: 
         )  # fmt: skip
         stage["train_wall_s"] = time.perf_counter() - t_train
         files.write_json(train_dir / paths.STAGE_JSON, stage)
+    else:
+        settle_outbox(cfg, train_dir)  # what MLflow missed at the end of the finished iteration
     best = stage["best_metrics"]
     report["train"] = {
         "best_epoch": stage["best_epoch"],
@@ -195,6 +197,7 @@ def run_pretraining(cfg: Config, df: pd.DataFrame, parent: Any = None) -> dict[s
     provenance = {
         "config_hash": paths.pretrain_hash(cfg),
         "corpus": cfg.data.corpus,
+        "root": str(paths.corpus_root(cfg).resolve()),
         "synth": to_dict(cfg.data.synth) if cfg.data.corpus == "synthetic" else None,
         "audio_hours": audio_h,
         "n_utterances": int(len(df)),

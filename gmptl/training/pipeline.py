@@ -5,14 +5,18 @@ stage 1; the previous stage's model folder when ``init`` names one). Outputs,
 under ``paths.stage_dir``::
 
     stage.json      what the next step reads: config hash, inputs, best epoch and score,
-                    validation metrics at the best epoch, the epoch history, run names
+                    validation metrics at the best epoch, the epoch history, run names, and how
+                    many metric points waited for MLflow (``mlflow_points_waited``)
     best/           the best epoch's model folder (backbone/ safetensors, heads, model.json)
     confusion.png   validation confusion matrix of the best epoch (emotion stages)
     curves.png      loss and validation metrics per epoch
 
 The Ray Train run is named ``<stage>-fold<i>-<hash>``: running the same config
 again resumes from its latest checkpoint in ``storage_path``; a finished stage
-(stage.json present) is not retrained.
+(stage.json present) is not retrained. What MLflow did not take while its server was
+down waits in the stage folder's outbox (``paths.MLFLOW_OUTBOX``) and is sent by the
+next call that reaches MLflow, by the stage's end, or by the rerun (even of a finished
+stage): no run is left RUNNING once the server answers.
 """
 
 from __future__ import annotations
@@ -50,16 +54,21 @@ class TrainingError(GmptlError):
 
 
 def class_names(df: pd.DataFrame) -> list[str]:
-    """Emotion classes in a fixed order: the 4-class standard first, then any others sorted."""
-    present = set(df.emotion.unique())
+    """Emotion classes in a fixed order: the 4-class standard first, then any others sorted (none when unlabeled)."""
+    present = set(df.emotion.dropna().unique())
     return [e for e in STANDARD_ORDER if e in present] + sorted(present - set(STANDARD_ORDER))
 
 
 def items_of(df: pd.DataFrame, labels: list[str], sr: int) -> list[tdata.Item]:
-    """Manifest rows as training items: class and gender indices, length in samples at ``sr``."""
+    """Manifest rows as training items: class and gender indices, length in samples at ``sr``.
+
+    An unlabeled manifest's rows get -1 for both (only pre-training reads it, and it uses neither).
+    """
     idx = {e: i for i, e in enumerate(labels)}
     return [
-        tdata.Item(u, p, int(round(d * sr)), idx[e], 0 if g == "F" else 1)
+        tdata.Item(
+            u, p, int(round(d * sr)), -1 if pd.isna(e) else idx[e], -1 if pd.isna(g) else int(g != "F")
+        )
         for u, p, d, e, g in zip(df.utt_id, df.path, df.duration_s, df.emotion, df.gender, strict=True)
     ]
 
@@ -109,6 +118,7 @@ def train_stage(
     out = paths.stage_dir(cfg, fold.index, stage)
     if (done := files.read_marker(out / paths.STAGE_JSON)) is not None:
         log.info("stage %s fold %d: finished before (%s)", stage, fold.index, out)
+        settle_outbox(cfg, out)
         return done
     init_dir, labels_dir = _upstream(cfg, fold, stage)
     labels = class_names(df)
@@ -167,6 +177,11 @@ def fit_stage(
 
     s = stage_config(cfg, stage)
     sr = cfg.data.sample_rate_hz
+    if run is not None:
+        # What an earlier attempt could not send goes first; its final status is not sent: this attempt
+        # ends the run.
+        run = run.with_outbox(out / paths.MLFLOW_OUTBOX)
+        run.outbox.flush(run.uri, supersede_status=True)
     hop, rf = frame_geometry(backbone_config(cfg.model, Path(init_dir) / BACKBONE_DIR if init_dir else None))
     job = {
         "config": to_dict(cfg),
@@ -180,7 +195,7 @@ def fit_stage(
         "labels_dir": labels_dir,
         "init_dir": init_dir,
         "geometry": [hop, rf],
-        "mlflow": {"uri": run.uri, "run_id": run.run_id} if run else None,
+        "mlflow": {"uri": run.uri, "run_id": run.run_id, "outbox": str(run.outbox.path)} if run else None,
         "fault": os.environ.get(FAULT_ENV),
     }
     metric, mode = make_stage(stage, s, len(labels), ks or None).selection
@@ -209,7 +224,7 @@ def fit_stage(
         result = trainer.fit()
     except Exception as e:
         if run:
-            run.finish("FAILED")
+            run.finish("FAILED")  # through the outbox: an MLflow outage does not hide the stage's error
         raise TrainingError(
             f"stage {stage} {where} failed: {e}\n(rerun the same command to resume from the last "
             f"checkpoint in {paths.storage_path(cfg)}/{run_name})"
@@ -217,20 +232,47 @@ def fit_stage(
     return _finish(cfg, stage, fold, where, out, result, metric, mode, labels, job, run, manifest or {})
 
 
+def _send_outbox(outbox: tracking.Outbox, uri: str) -> None:
+    """Send what waits in a stage's outbox and remove it, or say how much still waits and until when."""
+    if outbox.flush(uri):
+        outbox.clear()
+    else:
+        log.warning("MLflow at %s did not answer: %d entries wait in %s; they are sent when this stage runs "
+                    "again (until then its run reads RUNNING)", tracking.redact_uri(uri),
+                    outbox.counts()["waiting"], outbox.path)  # fmt: skip
+
+
+def settle_outbox(cfg: Config, out: Path) -> None:
+    """A finished stage (its marker written) whose run's end MLflow did not take: send what waits in ``out``'s
+    outbox now, so that a rerun leaves no run RUNNING. An unreachable server leaves it for the next rerun."""
+    outbox = tracking.Outbox(out / paths.MLFLOW_OUTBOX)
+    if not (waiting := outbox.counts()["waiting"]):
+        outbox.clear()  # all sent by a process killed before it removed the file
+        return
+    if not cfg.tracking.enabled:
+        log.warning("%d entries for MLflow wait in %s, unsent: tracking.enabled=false", waiting, outbox.path)
+        return
+    uri = tracking.resolve_uri(cfg)
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingError as e:
+        log.warning("%d entries for MLflow wait in %s, unsent: %s", waiting, outbox.path, e)
+        return
+    _send_outbox(outbox, uri)
+
+
 def _close_stage_run(run: tracking.Run, out: Path, figures: dict[str, str], best_epoch: int) -> None:
-    """Log the finished stage's artifacts and end its MLflow run: FINISHED, or FAILED when MLflow did not
-    take them (the stage is done either way; a run left RUNNING for ever would read as still training)."""
-
-    def log_all() -> None:
-        run.log_artifact(out / "config.yaml")
-        run.log_artifact(out / paths.STAGE_JSON)
-        for f in figures.values():
-            run.log_artifact(f)
-        run.log_artifact(out / "best", "best_model")
-        run.set_tags({"gmptl.best_epoch": str(best_epoch)})
-
-    ok = tracking.best_effort(f"the artifacts of {out}", log_all)
-    tracking.best_effort(f"the end of run {run.run_id}", run.finish, "FINISHED" if ok else "FAILED")
+    """Log the finished stage's artifacts and end its MLflow run FINISHED. All of it goes to the outbox first,
+    then is sent in order: what MLflow does not take now (or a kill part-way) waits there for the rerun,
+    the end last, so the run never reads FINISHED without its artifacts."""
+    assert run.outbox is not None, "fit_stage gives the stage's run its outbox"
+    run.defer(
+        *[run.artifact_entry(f) for f in (out / "config.yaml", out / paths.STAGE_JSON, *figures.values())],
+        run.artifact_entry(out / "best", "best_model"),
+        run.tags_entry({"gmptl.best_epoch": str(best_epoch)}),
+        run.status_entry("FINISHED"),
+    )
+    _send_outbox(run.outbox, run.uri)
 
 
 def _best(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
@@ -253,8 +295,10 @@ def _finish(cfg: Config, stage: str, fold: int | None, where: str, out: Path, re
         model: SERModel = build_model(cfg.model, stage_obj.head_spec(), job["init_dir"])
         with ckpt.as_directory() as d:
             load_checkpoint(d, model)
-        extra = {"labels": labels, "stage": stage, "best_epoch": best["epoch"],
+        extra = {"stage": stage, "best_epoch": best["epoch"],
                  "config_hash": config_hash(cfg), "sample_rate_hz": cfg.data.sample_rate_hz}  # fmt: skip
+        if labels:  # none when pre-training on unlabeled audio
+            extra["labels"] = labels
         if fold is not None:
             extra["fold"] = fold
         if stage == "utterance":
@@ -263,9 +307,14 @@ def _finish(cfg: Config, stage: str, fold: int | None, where: str, out: Path, re
         if result.checkpoint is not None:
             with result.checkpoint.as_directory() as d:
                 last_state = json.loads((Path(d) / "state.json").read_text())
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.iterdir():  # an earlier finish cut short; the outbox still waits to be sent
+            if old.name == paths.MLFLOW_OUTBOX:
+                continue
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
         shutil.move(str(Path(tmp) / "best"), out / "best")
     history = last_state.get("history", [])
     figures = {"curves": str(curves_png(history, out / "curves.png", f"{stage} {where}"))} if history else {}
@@ -292,7 +341,11 @@ def _finish(cfg: Config, stage: str, fold: int | None, where: str, out: Path, re
         "figures": figures,
         "ray_run": str(result.path),
         "mlflow_run_id": run.run_id if run else None,
+        "mlflow_points_waited": run.outbox.counts()["metric_points"] if run and run.outbox else None,
     }
+    if manifest["mlflow_points_waited"]:
+        log.warning("stage %s %s: %d metric points waited for MLflow in %s", stage, where,
+                    manifest["mlflow_points_waited"], run.outbox.path)  # fmt: skip
     save_config(cfg, out / "config.yaml")
     files.write_json(out / paths.STAGE_JSON, manifest)
     if run:

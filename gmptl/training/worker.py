@@ -121,9 +121,10 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
 
     run = None
     if rank == 0 and job.get("mlflow"):
-        from gmptl.tracking import Run, best_effort
+        from gmptl.tracking import Outbox, Run, quick_http
 
-        run = Run(job["mlflow"]["uri"], job["mlflow"]["run_id"])
+        quick_http(job["mlflow"]["uri"])  # this process logs between epochs: no minutes of retries
+        run = Run(job["mlflow"]["uri"], job["mlflow"]["run_id"], Outbox(job["mlflow"]["outbox"]))
 
     for epoch in range(state["epoch"] + 1, stage_cfg.epochs + 1):
         if should_stop(state, stage_cfg.patience):
@@ -177,9 +178,9 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         state.setdefault("history", []).append({k: v for k, v in m.items() if isinstance(v, (int, float))})
         m["val_confusion"] = val_stats.confusion.tolist() if val_stats.confusion is not None else []
         if run is not None:
-            # The epoch's metrics also go to Ray Train's results and stage.json: an MLflow outage loses nothing.
-            best_effort(f"epoch {epoch}'s metrics", run.log_metrics,
-                        {k: v for k, v in m.items() if isinstance(v, (int, float))}, step=epoch)  # fmt: skip
+            # MLflow down: the epoch's metrics wait in the stage's outbox (they also go to Ray Train's results
+            # and stage.json) and training goes on.
+            run.log_metrics({k: v for k, v in m.items() if isinstance(v, (int, float))}, step=epoch)
         if rank == 0:
             print(
                 epoch_line(job["stage"], job.get("where", job["fold"]), stage_cfg.epochs, m, metric),

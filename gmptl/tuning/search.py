@@ -177,6 +177,7 @@ def run_search(config: str | Path | None, space_file: str | Path, sets: list[str
     """
     from ray import tune
 
+    from gmptl.data.prepare import require_labels
     from gmptl.experiment import run_experiment
     from gmptl.runtime import ensure_ray
 
@@ -184,6 +185,7 @@ def run_search(config: str | Path | None, space_file: str | Path, sets: list[str
     # Trials run in their own working directories: every local path is made absolute first.
     space = load_space(space_file, config, user_sets)
     cfg = absolutize(space.base(config, user_sets))
+    require_labels(cfg.data)  # before Ray starts
     tc = cfg.tune
     stage_cfg = getattr(cfg.stages, tc.stage)
     if tc.grace_period > stage_cfg.epochs:

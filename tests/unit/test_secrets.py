@@ -192,8 +192,8 @@ def test_flatten_and_log_params_never_write_a_credential(tmp_path, monkeypatch):
     logged: list = []
 
     class Client:
-        def log_batch(self, run_id, params=(), metrics=()):
-            logged.extend(params)
+        def log_batch(self, run_id, params=(), metrics=(), tags=()):
+            logged.extend([*params, *tags])
 
         def set_tag(self, run_id, key, value):
             logged.append(SimpleNamespace(key=key, value=value))

@@ -47,6 +47,13 @@ class LabelMapper:
 
     @classmethod
     def for_corpus(cls, cfg: DataConfig, spec: CorpusSpec) -> LabelMapper:
+        if not spec.labelled:
+            if cfg.label_map is not None or cfg.drop_labels:
+                raise ConfigError(
+                    f"data.label_map and data.drop_labels: corpus {spec.name!r} has no labels to map; "
+                    "leave them unset"
+                )
+            return cls({}, set())
         label_map = dict(cfg.label_map) if cfg.label_map is not None else dict(spec.default_label_map)
         if spec.native_labels is not None:
             known = set(spec.native_labels)
@@ -90,6 +97,7 @@ class CorpusSpec:
     default_label_map: dict[str, str]
     has_sessions: bool
     description: str
+    labelled: bool = True  # False: audio without emotion or gender, for `gmptl pretrain` only
 
 
 CORPORA: dict[str, CorpusSpec] = {}
