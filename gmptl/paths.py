@@ -37,6 +37,49 @@ PRETRAIN_JSON = "pretrain.json"
 MLFLOW_OUTBOX = "mlflow_outbox.jsonl"
 
 
+def backbone_folder(name_or_path: str) -> str:
+    """Where the weights of ``model.backbone`` are: a gmptl model folder keeps them in ``backbone/``."""
+    local = Path(name_or_path).expanduser()
+    if (local / "model.json").is_file() and (local / "backbone" / "config.json").is_file():
+        return str(local / "backbone")
+    return name_or_path
+
+
+_WEIGHT_FILES = ("config.json", "*.safetensors", "*.bin")
+_fingerprints: dict[tuple, str] = {}
+
+
+def backbone_fingerprint(name_or_path: str) -> str | None:
+    """SHA-256 of a local backbone folder's config and weight files; None for a preset or hub id.
+
+    Part of every cache key that depends on the backbone: its path alone would keep serving features and
+    stages computed from the old weights after a folder is rebuilt in place (``make backbone``). Hashed
+    once per process and file state (path, size, mtime), so a 1 GB checkpoint costs a second once.
+    """
+    folder = Path(backbone_folder(name_or_path)).expanduser()
+    if not folder.is_dir():
+        return None
+    weights = sorted(f for pattern in _WEIGHT_FILES for f in folder.glob(pattern) if f.is_file())
+    state = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weights)
+    if (folder, state) not in _fingerprints:
+        digest = hashlib.sha256()
+        for f in weights:
+            digest.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    digest.update(chunk)
+        _fingerprints[folder, state] = digest.hexdigest()[:16]
+    return _fingerprints[folder, state]
+
+
+def _model_key(cfg: Config) -> dict:
+    """The model section as cache keys see it: its settings and, for a local backbone, its weights."""
+    key = to_dict(cfg.model)
+    if (fingerprint := backbone_fingerprint(cfg.model.backbone)) is not None:
+        key["backbone_sha256"] = fingerprint
+    return key
+
+
 def centroids_file(layer: int, k: int) -> str:
     """The codebook of K centroids fitted on transformer layer ``layer`` (1-based), in a clusters folder."""
     return f"L{layer}_k{k}.npy"
@@ -97,7 +140,7 @@ def features_dir(cfg: Config, fold: int | None = None) -> Path:
     # Resource settings (worker counts) do not change the features; the device does (bf16 on GPU).
     content = cfg.features.model_dump(exclude={"num_workers", "num_cpus_per_worker", "num_gpus_per_worker"})
     content["on_gpu"] = cfg.features.num_gpus_per_worker > 0
-    source = [to_dict(cfg.data), to_dict(cfg.model)]
+    source = [to_dict(cfg.data), _model_key(cfg)]
     if cfg.features.source == "mtl":
         if fold is None:
             raise ValueError(
@@ -152,9 +195,7 @@ def stage_dir(cfg: Config, fold: int, stage: str) -> Path:
     if init != "pretrained":
         upstream.append(_rel(cfg, stage_dir(cfg, fold, init)))
     content = s.model_dump(mode="json", exclude=_RESOURCE_KEYS)
-    key = config_hash_of(
-        [to_dict(cfg.data), to_dict(cfg.folds), to_dict(cfg.model), stage, content, upstream]
-    )
+    key = config_hash_of([to_dict(cfg.data), to_dict(cfg.folds), _model_key(cfg), stage, content, upstream])
     return output_dir(cfg) / "train" / stage / key / f"fold{fold}"
 
 
@@ -169,7 +210,7 @@ def _pretrain_key(cfg: Config, upto: int) -> str:
         mode="json", exclude={"k", "layer", "num_workers", "num_cpus_per_worker", "num_gpus_per_worker"}
     )
     return config_hash_of(
-        [to_dict(cfg.data), to_dict(cfg.model), to_dict(p.mfcc), p.init, p.validation_fraction,
+        [to_dict(cfg.data), _model_key(cfg), to_dict(p.mfcc), p.init, p.validation_fraction,
          p.train.model_dump(mode="json", exclude=_RESOURCE_KEYS), features, clustering,
          [it.model_dump(mode="json") for it in p.iterations[: upto + 1]]]
     )  # fmt: skip

@@ -29,6 +29,7 @@ from transformers import (
 
 from gmptl.config import PRESETS, ModelConfig
 from gmptl.errors import ConfigError
+from gmptl.paths import backbone_folder
 
 # The backbone's input scaling, kept in its own config (so a saved folder carries it): see normalize_input.
 INPUT_NORM_ATTR = "gmptl_input_norm"
@@ -86,14 +87,6 @@ def build_backbone(cfg: ModelConfig) -> PreTrainedModel:
     if cfg.input_norm != "auto":
         setattr(model.config, INPUT_NORM_ATTR, cfg.input_norm)  # saved with the model from here on
     return model
-
-
-def backbone_folder(name_or_path: str) -> str:
-    """Where the weights of ``model.backbone`` are: a gmptl model folder keeps them in ``backbone/``."""
-    local = Path(name_or_path).expanduser()
-    if (local / "model.json").is_file() and (local / "backbone" / "config.json").is_file():
-        return str(local / "backbone")
-    return name_or_path
 
 
 def _declared_norm(folder: Path) -> str | None:
