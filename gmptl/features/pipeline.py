@@ -26,6 +26,7 @@ import pandas as pd
 
 from gmptl import files
 from gmptl.config import FeatureConfig, MfccConfig, ModelConfig, RuntimeConfig, to_dict
+from gmptl.errors import GmptlError
 from gmptl.features import store
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 # Test hook: a path; the first actor to see it absent creates it and dies mid-shard (after writing
 # part of its arrays), to prove crashed workers neither lose nor duplicate utterances.
 FAULT_ENV = "GMPTL_FAULT_CRASH_ONCE"
+
+
+class ExtractionError(GmptlError, RuntimeError):
+    """The Ray Data pass stopped (a lost node or actor past its restarts, a task error); committed shards stay."""
 
 
 @dataclass
@@ -214,12 +219,22 @@ def extract_features(
             compute=ray.data.ActorPoolStrategy(size=n_workers),
             **remote_args,
         )
-        for row in ds.iter_rows():
-            encode_s += float(row["encode_s"])
-            log.info(
-                "shard %d: %d utterances, %d frames, %.0f audio-s/s",
-                row["shard"], row["n_utts"], row["n_frames"], row["audio_s"] / max(row["encode_s"], 1e-9),
-            )  # fmt: skip
+        try:
+            for row in ds.iter_rows():
+                encode_s += float(row["encode_s"])
+                log.info(
+                    "shard %d: %d utterances, %d frames, %.0f audio-s/s",
+                    row["shard"], row["n_utts"], row["n_frames"], row["audio_s"] / max(row["encode_s"], 1e-9),
+                )  # fmt: skip
+        except ray.exceptions.RayError as e:
+            # A node lost while its actors were unreachable uses up their task retries before Ray declares
+            # the node dead and restarts them elsewhere; Ray Data then raises. Say what is kept and what to do.
+            done = sum(store.shard_problem(folder, it["shard"], it["utt_ids"]) is None for it in plan)
+            raise ExtractionError(
+                f"feature extraction into {folder} stopped ({type(e).__name__}): {done} of {len(plan)} shards are "
+                f"committed and kept; run the same command again to compute the rest (an actor or node lost more "
+                f"often than runtime.actor_restarts={runtime_cfg.actor_restarts} allows ends the step). Cause: {e}"
+            ) from e
     # Every planned shard must now be committed and intact; anything else is an error, never a gap.
     for item in plan:
         problem = store.shard_problem(folder, item["shard"], item["utt_ids"])
