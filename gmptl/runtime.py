@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 from gmptl.config import Config, RuntimeConfig
 
@@ -77,9 +78,29 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
                 f"the embedded Ray came up on {node_ip}, not 127.0.0.1: it would accept connections from the "
                 f"network. Join a cluster you started yourself instead (runtime.address, or RAY_ADDRESS)."
             )
+    protect_auth_token()
     if (worker_log := route_worker_output()) is not None:
         log.info("Ray worker output: %s", worker_log)
     log.debug("ray resources: %s", ray.cluster_resources())
+
+
+def protect_auth_token() -> None:
+    """Make Ray's authentication token file readable by its owner only.
+
+    Ray writes the token it generates (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN_PATH``) readable by every
+    user of the machine (mode 0644), and the token is the key to every Ray cluster that uses it: on a
+    shared machine any local user could read it and submit code to the cluster.
+    """
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    try:
+        mode = path.stat().st_mode & 0o777 if path.is_file() else 0
+        if mode & 0o077:
+            path.chmod(0o600)
+            log.info("Ray's authentication token %s is now readable by its owner only (was %o)", path, mode)
+    except OSError as e:  # a token owned by another user: say so, it is theirs to protect
+        log.warning(
+            "Ray's authentication token %s is readable by other users and cannot be changed: %s", path, e
+        )
 
 
 def actor_fault_bounds(cfg: RuntimeConfig) -> dict[str, int]:

@@ -63,3 +63,20 @@ def test_only_an_embedded_ray_drops_the_preemption_watcher_and_polls_faster(monk
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")  # a value the user set wins
     runtime.ensure_ray(RuntimeConfig(address=address))
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+
+
+def test_rays_authentication_token_is_made_readable_by_its_owner_only(tmp_path, monkeypatch, caplog):
+    import logging
+    import stat
+
+    from gmptl.runtime import protect_auth_token
+
+    token = tmp_path / "token"
+    token.write_text("secret")
+    token.chmod(0o644)  # as Ray writes the token it generates
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    with caplog.at_level(logging.INFO, logger="gmptl.runtime"):
+        protect_auth_token()
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and "was 644" in caplog.text
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
+    protect_auth_token()  # no token (authentication off): nothing to do, no error
