@@ -60,7 +60,7 @@ def backbone_fingerprint(name_or_path: str) -> str | None:
     if not folder.is_dir():
         return None
     weights = sorted(f for pattern in _WEIGHT_FILES for f in folder.glob(pattern) if f.is_file())
-    state = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weights)
+    state = tuple((f.name, st.st_size, st.st_mtime_ns) for f in weights for st in [f.stat()])
     if (folder, state) not in _fingerprints:
         digest = hashlib.sha256()
         for f in weights:

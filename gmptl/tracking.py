@@ -540,7 +540,7 @@ class Run:
         if self.outbox is None:
             _send(_client(self.uri), entry, None)
             return
-        if self.outbox.read()[0] and not self.outbox.flush(self.uri):
+        if not self.outbox.flush(self.uri):  # True at once when nothing waits
             self.outbox.add(entry, self.outbox.error)  # behind what waits: MLflow gets everything in order
             return
         try:
