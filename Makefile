@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS ?= 1
 export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0
 
-.PHONY: demo test test-faults test-fast lint install clean docs backbone
+.PHONY: demo test test-faults test-fast lint install clean docs backbone gpu-check
 
 # One install (package + dev extra) serves both targets; re-run when pyproject changes.
 $(STAMP): pyproject.toml
@@ -40,6 +40,13 @@ test-faults: $(STAMP)
 	@$(BIN)/python -m pytest -q -m faults; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-faults: pytest collected no tests; failing" >&2; fi; \
 	exit $$rc
+
+# The GPU check (bench/gpu_check.py): extraction and training throughput and bf16-against-fp32 numerics of a
+# hubert-base-shaped model on a CUDA machine. It needs torch, transformers, pydantic and pyyaml but no Ray, so
+# it runs with this checkout's venv or, where there is none, with the machine's own python3.
+GPU_CHECK_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	$(GPU_CHECK_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The unit tests only (no Ray, no lint): a quick check while editing.
 test-fast: $(STAMP)

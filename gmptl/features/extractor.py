@@ -34,6 +34,7 @@ from gmptl.models.backbone import (
     truncate_to,
     uses_attention_mask,
 )
+from gmptl.training.data import eval_batches
 
 
 def conv_geometry(model: torch.nn.Module) -> FrameGeometry:
@@ -68,6 +69,7 @@ class FeatureExtractor:
         sample_rate_hz: int = 16000,
         model: torch.nn.Module | None = None,
         device: str | None = None,
+        bf16: bool | None = None,
     ):
         self.cfg = features_cfg
         self.sample_rate_hz = sample_rate_hz
@@ -80,6 +82,8 @@ class FeatureExtractor:
         if device is None:
             device = "cuda" if features_cfg.num_gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        # bf16 autocast on GPU by default (tensor cores; features are stored as float16 anyway); fp32 on CPU.
+        self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
         self.model.to(self.device)
         self.geometry = conv_geometry(self.model)
         self.use_mask = uses_attention_mask(self.model)
@@ -99,7 +103,7 @@ class FeatureExtractor:
         mask = None
         if self.use_mask:
             mask = (torch.arange(x.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long().to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model(x, attention_mask=mask, output_hidden_states=True)
         result = []
         for i, n in enumerate(lengths):
@@ -119,18 +123,11 @@ class FeatureExtractor:
                 )
             for s0, s1, _ in chunk_spans(len(w), self.geometry, self.max_chunk_samples):
                 pieces.append((i, w[s0:s1]))
-        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][1]))
         encoded: list[dict[int, np.ndarray] | None] = [None] * len(pieces)
         budget = int(self.cfg.batch_max_audio_s * self.sample_rate_hz)
-        batch: list[int] = []
-        for k in order + [-1]:
-            # Sorted ascending, so the newest piece is the longest: padded size = count * its length.
-            if k == -1 or (batch and (len(batch) + 1) * len(pieces[k][1]) > budget):
-                for idx, enc in zip(batch, self._forward([pieces[j][1] for j in batch]), strict=True):
-                    encoded[idx] = enc
-                batch = []
-            if k != -1:
-                batch.append(k)
+        for batch in eval_batches([len(p[1]) for p in pieces], budget):
+            for idx, enc in zip(batch, self._forward([pieces[j][1] for j in batch]), strict=True):
+                encoded[idx] = enc
         out: list[dict[int, list[np.ndarray]]] = [{L: [] for L in self.cfg.layers} for _ in waves]
         for (i, _), enc in zip(pieces, encoded, strict=True):
             for L, arr in enc.items():  # type: ignore[union-attr]

@@ -1,5 +1,7 @@
 """Backbone presets, the from_pretrained path, the 1-based layer convention, frame counts and chunking."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +173,38 @@ def test_extractor_runs_only_the_layers_it_needs():
     given = build_backbone(model_cfg)
     FeatureExtractor(model_cfg, feat_cfg, model=given)
     assert len(given.encoder.layers) == 4  # a model handed in is never cut
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest per-frame cosine similarity between two (frames, D) arrays."""
+    num = (a * b).sum(-1)
+    return float((num / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
+
+
+def test_bf16_extraction_is_the_fp32_features_in_lower_precision(tiny):
+    waves = [wave(n, i) for i, n in enumerate([8000, 16000, 24000])]
+    fp32 = FeatureExtractor(*cfgs(), model=tiny, bf16=False).encode(waves)
+    bf16 = FeatureExtractor(*cfgs(), model=tiny, bf16=True).encode(waves)
+    for a, b in zip(fp32, bf16, strict=True):
+        for layer in a:
+            assert a[layer].shape == b[layer].shape and np.isfinite(b[layer]).all()
+            assert not np.array_equal(a[layer], b[layer])  # autocast really ran
+            assert _min_cosine(a[layer], b[layer]) > 0.98
+
+
+@pytest.mark.gpu
+def test_gpu_extraction_matches_cpu(tiny):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    waves = [wave(n, i) for i, n in enumerate([8000, 16000, 40000])]
+    cpu = FeatureExtractor(*cfgs(), model=tiny, device="cpu").encode(waves)
+    on_gpu = copy.deepcopy(tiny)  # the module fixture stays on the CPU for the other tests
+    gpu = FeatureExtractor(*cfgs(), model=on_gpu, device="cuda")
+    assert gpu.bf16  # the GPU default
+    # fp32 on the GPU differs from the CPU only by cuDNN's TF32 convolutions and summation order.
+    gpu_fp32 = FeatureExtractor(*cfgs(), model=on_gpu, device="cuda", bf16=False)
+    for ext, floor in ((gpu, 0.98), (gpu_fp32, 0.999)):
+        for a, b in zip(cpu, ext.encode(waves), strict=True):
+            for layer in a:
+                assert a[layer].shape == b[layer].shape and np.isfinite(b[layer]).all(), ext.bf16
+                assert _min_cosine(a[layer], b[layer]) > floor, (ext.bf16, layer)
