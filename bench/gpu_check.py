@@ -51,6 +51,7 @@ for _p in (REPO, REPO / "bench"):  # gmptl from this checkout (no install needed
 from bench_batching import iemocap_like_lengths  # noqa: E402
 
 SR = 16_000
+PHASES = ("h2d", "cnn", "transformer", "d2h", "unpack")
 LAYERS = [4, 8, 12]  # three layers kept; the deepest is the last, so all 12 layers run
 JOB = REPO / "jobs" / "iemocap_loso.yaml"
 # The gpu-marked tests that import neither Ray nor faiss (the k-means one needs faiss-gpu).
@@ -182,25 +183,25 @@ def _shards(waves: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
     return [waves[i : i + size] for i in range(0, len(waves), size)]
 
 
-def _encode_all(ext, shards, device) -> float:  # noqa: ANN001
+def _encode_all(ext, shards, device, dtype: str) -> float:  # noqa: ANN001
     sync(device)
     t = time.perf_counter()
     for shard in shards:
-        ext.encode(shard)
+        ext.encode(shard, dtype=dtype)
     sync(device)
     return time.perf_counter() - t
 
 
-def _throughput(ext, shards, audio_s: float, repeats: int, device) -> dict:  # noqa: ANN001
+def _throughput(ext, shards, audio_s: float, repeats: int, device, dtype: str) -> dict:  # noqa: ANN001
     # Warm-up: the longest utterances first (largest allocations), then one shard of mixed lengths.
     longest = sorted((w for s in shards for w in s), key=len)[-8:]
-    ext.encode(longest)
-    ext.encode(shards[0])
+    ext.encode(longest, dtype=dtype)
+    ext.encode(shards[0], dtype=dtype)
     if device.type == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats(device)
-    walls = [_encode_all(ext, shards, device) for _ in range(repeats)]
+    walls = [_encode_all(ext, shards, device, dtype) for _ in range(repeats)]
     med = statistics.median(walls)
     out = {"wall_s": round(med, 3), "x_real_time": round(audio_s / med, 1),
            "x_real_time_best": round(audio_s / min(walls), 1), "walls_s": [round(w, 3) for w in walls]}  # fmt: skip
@@ -211,20 +212,21 @@ def _throughput(ext, shards, audio_s: float, repeats: int, device) -> dict:  # n
     return out
 
 
-def breakdown(ext, shards, device) -> dict:  # noqa: ANN001
-    """Time each phase of one pass over the shards, synchronising between phases (so the sum is a bit
-    more than the pipelined pass): padding + host-to-device copy, CNN encoder alone, the whole forward
-    (CNN + transformer), device-to-host copy of the kept layers as the extractor does it (per utterance
-    and layer, float32). ``d2h_bulk_fp16`` times the alternative: each kept layer of a batch cast to
-    float16 on the device and copied in one transfer (the shards are stored as float16)."""
+def breakdown(ext, shards, device, dtype: str) -> dict:  # noqa: ANN001
+    """Time each phase of one pass over the shards, synchronising between phases (the extractor overlaps
+    them, so their sum is more than its pass): padding + host-to-device copy, the CNN encoder alone, the
+    whole forward (CNN + transformer), the cast of the kept layers to ``dtype`` and their copy to pinned
+    host memory, and the per-utterance unpacking on the host."""
     import torch
 
     from gmptl.models.backbone import input_norm, normalize_input
     from gmptl.training.data import eval_batches
 
     model, norm = ext.model, input_norm(ext.model.config)
+    torch_dtype = getattr(torch, dtype)
+    cuda = device.type == "cuda"
     budget = int(ext.cfg.batch_max_audio_s * SR)
-    t = {"h2d": 0.0, "cnn": 0.0, "forward": 0.0, "d2h": 0.0, "d2h_bulk_fp16": 0.0}
+    t = dict.fromkeys(("h2d", "cnn", "forward", "d2h", "unpack"), 0.0)
     n_batches = 0
     with torch.inference_mode():
         for shard in shards:
@@ -233,10 +235,10 @@ def breakdown(ext, shards, device) -> dict:  # noqa: ANN001
                 lengths = torch.tensor([len(w) for w in waves])
                 sync(device)
                 t0 = time.perf_counter()
-                x = torch.zeros(len(waves), int(lengths.max()))
+                x = torch.zeros(len(waves), int(lengths.max()), pin_memory=cuda)
                 for i, w in enumerate(waves):
                     x[i, : len(w)] = torch.from_numpy(w)
-                x = normalize_input(x.to(device), lengths, norm)
+                x = normalize_input(x.to(device, non_blocking=True), lengths, norm)
                 sync(device)
                 t1 = time.perf_counter()
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ext.bf16):
@@ -246,27 +248,48 @@ def breakdown(ext, shards, device) -> dict:  # noqa: ANN001
                     out = model(x, output_hidden_states=True)
                     sync(device)
                 t3 = time.perf_counter()
-                for i, n in enumerate(lengths.tolist()):
-                    f = ext.n_frames(n)
-                    for L in ext.cfg.layers:
-                        out.hidden_states[L][i, :f].float().cpu().numpy()
-                t4 = time.perf_counter()
+                host = {}
                 for L in ext.cfg.layers:
-                    out.hidden_states[L].to(torch.float16).cpu().numpy()
+                    h = out.hidden_states[L].to(torch_dtype)
+                    host[L] = torch.empty(h.shape, dtype=torch_dtype, pin_memory=cuda)
+                    host[L].copy_(h, non_blocking=True)
+                sync(device)
+                t4 = time.perf_counter()
+                for i, n in enumerate(lengths.tolist()):
+                    for L in ext.cfg.layers:
+                        host[L][i, : ext.n_frames(n)].numpy().copy()
                 t5 = time.perf_counter()
-                t["d2h_bulk_fp16"] += t5 - t4
-                t["h2d"] += t1 - t0
-                t["cnn"] += t2 - t1
-                t["forward"] += t3 - t2
-                t["d2h"] += t4 - t3
+                for k, (u, v) in zip(t, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)], strict=True):
+                    t[k] += v - u
                 n_batches += 1
-    total = t["h2d"] + t["forward"] + t["d2h"]
+    t["transformer"] = t["forward"] - t["cnn"]
+    total = t["h2d"] + t["forward"] + t["d2h"] + t["unpack"]
     res = {k: round(v, 3) for k, v in t.items()}
-    res |= {"transformer": round(t["forward"] - t["cnn"], 3), "n_batches": n_batches,
-            "share": {"h2d": round(t["h2d"] / total, 3), "cnn": round(t["cnn"] / total, 3),
-                      "transformer": round((t["forward"] - t["cnn"]) / total, 3),
-                      "d2h": round(t["d2h"] / total, 3)}}  # fmt: skip
+    res |= {"n_batches": n_batches, "dtype": dtype,
+            "share": {k: round(t[k] / total, 3) for k in PHASES}}  # fmt: skip
     return res
+
+
+def kernel_profile(ext, shards, device, dtype: str, top: int = 12) -> dict:  # noqa: ANN001
+    """torch.profiler over one extractor pass of the first shard: how busy the GPU was (summed kernel
+    time over wall time) and the kernels that took the most of it."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    ext.encode(shards[0], dtype=dtype)
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        ext.encode(shards[0], dtype=dtype)
+        sync(device)
+        wall = time.perf_counter() - t
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_s = sum(e.self_device_time_total for e in events) / 1e6
+    events.sort(key=lambda e: -e.self_device_time_total)
+    rows = [{"kernel": e.key[:90], "calls": e.count, "ms": round(e.self_device_time_total / 1e3, 2),
+             "share": round(e.self_device_time_total / 1e6 / max(kernel_s, 1e-9), 3)} for e in events[:top]]  # fmt: skip
+    return {"wall_s": round(wall, 3), "kernel_s": round(kernel_s, 3), "gpu_busy": round(kernel_s / wall, 3),
+            "top": rows}  # fmt: skip
 
 
 def decode_rate(seconds: float = 10.0, reads: int = 30) -> dict:
@@ -296,27 +319,32 @@ def extraction(args, device, check: Check) -> dict:  # noqa: ANN001
     print(f"{len(waves)} utterances, {audio_s:.0f} s of audio, {len(shards)} shards of <= 256", flush=True)
     res: dict = {"n_utterances": len(waves), "audio_s": round(audio_s, 1), "layers": _layers(args),
                  "variants": []}  # fmt: skip
-    variants = [("bf16", "sdpa", b) for b in args.budgets] + [
-        ("fp32", "sdpa", 160.0),
-        ("bf16", "eager", 160.0),
+    # (precision, attention, batch_max_audio_s, output dtype): the pipeline stores float16 by default.
+    variants = [("bf16", "sdpa", b, "float16") for b in args.budgets]
+    mid = args.budgets[len(args.budgets) // 2]
+    variants += [
+        ("bf16", "sdpa", mid, "float32"),
+        ("fp32", "sdpa", mid, "float16"),
+        ("bf16", "eager", mid, "float16"),
     ]
-    for precision, attn, budget in variants:
+    for precision, attn, budget, dtype in variants:
         if check.left_s() < 60:
             res["cut_short"] = f"budget left {check.left_s():.0f} s"
             break
         ext, _ = _extractor(args, device, precision == "bf16", budget, attn)
-        r = _throughput(ext, shards, audio_s, args.repeats, device)
-        r |= {"precision": precision, "attention": attn, "batch_max_audio_s": budget}
-        print(f"  {precision} {attn:5s} budget {budget:5.0f} s: {r['x_real_time']:8.1f}x real time "
+        r = _throughput(ext, shards, audio_s, args.repeats, device, dtype)
+        r |= {"precision": precision, "attention": attn, "batch_max_audio_s": budget, "dtype": dtype}
+        print(f"  {precision} {attn:5s} budget {budget:5.0f} s, {dtype} out: {r['x_real_time']:8.1f}x real time "
               f"({r['wall_s']:.2f} s)", flush=True)  # fmt: skip
         res["variants"].append(r)
         del ext
     best = max(res["variants"], key=lambda v: v["x_real_time"])
+    res["best"] = {k: best[k] for k in ("precision", "attention", "batch_max_audio_s", "dtype")}
     ext, _ = _extractor(
         args, device, best["precision"] == "bf16", best["batch_max_audio_s"], best["attention"]
     )
-    breakdown(ext, shards, device)  # warm-up: the first pass pays one-time costs (allocator, kernels)
-    res["breakdown"] = b = breakdown(ext, shards, device)
+    breakdown(ext, shards, device, best["dtype"])  # warm-up: the first pass pays one-time costs
+    res["breakdown"] = b = breakdown(ext, shards, device, best["dtype"])
     flops = forward_flops(ext.model.config, max(_layers(args)), lengths)
     res["gflop_per_audio_s"] = {k: round(v / 1e9, 2) for k, v in flops.items()}
     peak = check.data["environment"].get("bf16_matmul_tflops")
@@ -328,25 +356,33 @@ def extraction(args, device, check: Check) -> dict:  # noqa: ANN001
             v["of_bf16_matmul_peak"] = round(v["tflops"] / peak, 3)
     if peak:
         res["x_real_time_at_bf16_matmul_peak"] = round(peak * 1e12 / flops["total"])
-    res["breakdown"]["of"] = {k: best[k] for k in ("precision", "attention", "batch_max_audio_s")}
+    if device.type == "cuda":
+        try:
+            res["profile"] = kernel_profile(ext, shards, device, best["dtype"])
+        except Exception as e:  # the profiler is a diagnosis; its failure must not cost the numbers above
+            res["profile"] = {"error": f"{type(e).__name__}: {e}"}
     del ext
     res["decode"] = decode_rate(reads=3 if args.quick else 30)
-    rows = [[v["precision"], v["attention"], f"{v['batch_max_audio_s']:g}", f"{v['x_real_time']:,.0f}x",
+    rows = [[v["precision"], v["attention"], f"{v['batch_max_audio_s']:g}", v["dtype"], f"{v['x_real_time']:,.0f}x",
              f"{v['x_real_time_best']:,.0f}x", v["tflops"], v.get("of_bf16_matmul_peak", "-"),
              v.get("peak_gib", "-")] for v in res["variants"]]  # fmt: skip
     check.table(f"Extraction ({args.backbone} backbone, layers {_layers(args)}, {len(waves)} utterances = "
                 f"{audio_s:.0f} s of audio, median of {args.repeats}; {res['gflop_per_audio_s']['total']} GFLOP "
                 f"per audio-second, so the bf16 matmul rate bounds it at "
                 f"{res.get('x_real_time_at_bf16_matmul_peak', '-')}x)",
-                ["precision", "attention", "batch_max_audio_s", "x real time", "best run", "useful TFLOP/s",
-                 "of bf16 matmul rate", "peak GiB"], rows)  # fmt: skip
-    b = res["breakdown"]
-    check.table(f"One extraction pass, phase by phase ({b['of']['precision']}, {b['of']['attention']}, "
-                f"budget {b['of']['batch_max_audio_s']:g} s; {b['n_batches']} batches)",
+                ["precision", "attention", "batch_max_audio_s", "features out", "x real time", "best run",
+                 "useful TFLOP/s", "of bf16 matmul rate", "peak GiB"], rows)  # fmt: skip
+    check.table(f"One extraction pass, phase by phase, synchronised ({best['precision']}, {best['attention']}, "
+                f"budget {best['batch_max_audio_s']:g} s, {best['dtype']} out; {b['n_batches']} batches)",
                 ["phase", "seconds", "share", "useful TFLOP/s"],
-                [[k, b[k], f"{100 * b['share'][k]:.1f}%", b["tflops"].get(k, "-")]
-                 for k in ("h2d", "cnn", "transformer", "d2h")]
-                + [["d2h_bulk_fp16 (alternative)", b["d2h_bulk_fp16"], "-", "-"]])  # fmt: skip
+                [[k, b[k], f"{100 * b['share'][k]:.1f}%", b["tflops"].get(k, "-")] for k in PHASES])  # fmt: skip
+    prof = res.get("profile", {})
+    if "top" in prof:
+        check.table(f"GPU kernels in one pipelined pass over one shard: GPU busy {100 * prof['gpu_busy']:.0f}% "
+                    f"of {prof['wall_s']} s",
+                    ["kernel", "calls", "ms", "share of kernel time"],
+                    [[r["kernel"].replace("|", "/"), r["calls"], r["ms"], f"{100 * r['share']:.1f}%"]
+                     for r in prof["top"]])  # fmt: skip
     if "x_real_time_per_core" in res["decode"]:
         need = best["x_real_time"] / res["decode"]["x_real_time_per_core"]
         res["decode"]["cores_to_keep_up"] = round(need, 1)
@@ -373,7 +409,7 @@ def compiled_extraction(args, device, check: Check, best_budget: float) -> dict:
         if proc.returncode != 0:
             return {"error": proc.stderr[-3000:]}
         res = json.loads(out.read_text())
-    check.table("Extraction with torch.compile (bf16, sdpa, dynamic shapes)",
+    check.table("Extraction with torch.compile (bf16, sdpa, float16 out, dynamic shapes)",
                 ["batch_max_audio_s", "compile + first pass s", "x real time", "best run"],
                 [[f"{best_budget:g}", res["compile_s"], f"{res['x_real_time']:,.0f}x",
                   f"{res['x_real_time_best']:,.0f}x"]])  # fmt: skip
@@ -389,9 +425,9 @@ def compiled_worker(args) -> None:  # noqa: ANN001
     ext, _ = _extractor(args, device, True, args.budgets[0])
     ext.model = torch.compile(ext.model, dynamic=True)
     t = time.perf_counter()
-    _encode_all(ext, shards, device)  # compiles (and recompiles for the shapes it meets)
+    _encode_all(ext, shards, device, "float16")  # compiles (and recompiles for the shapes it meets)
     compile_s = time.perf_counter() - t
-    res = _throughput(ext, shards, float(lengths.sum() / SR), args.repeats, device)
+    res = _throughput(ext, shards, float(lengths.sum() / SR), args.repeats, device, "float16")
     res["compile_s"] = round(compile_s, 1)
     Path(args.compiled_worker).write_text(json.dumps(res))
 
@@ -542,7 +578,7 @@ def numerics(args, device, check: Check) -> dict:  # noqa: ANN001
     feats = {}
     for bf16 in (False, True):
         ext, _ = _extractor(args, device, bf16, 160.0)
-        feats[bf16] = ext.encode(waves)
+        feats[bf16] = ext.encode(waves)  # float32 out: the comparison is of the forward's precision
         del ext
     cos = min(
         _cos_min(torch.from_numpy(a[L]), torch.from_numpy(b[L]))
@@ -591,7 +627,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--budget-s", type=float, default=420.0, help="wall-clock budget; later parts are cut to fit"
     )
     ap.add_argument("--n-extract", type=int, default=1024, help="utterances per extraction pass")
-    ap.add_argument("--budgets", type=float, nargs="+", default=[80.0, 160.0, 640.0],
+    ap.add_argument("--budgets", type=float, nargs="+", default=[160.0, 640.0, 1280.0],
                     help="features.batch_max_audio_s values tried in bf16")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per extraction variant")
     ap.add_argument("--steps", type=int, default=15, help="timed training steps per run")

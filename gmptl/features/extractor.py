@@ -7,7 +7,10 @@ Batching: utterances are sorted by length and grouped so a forward batch holds
 at most ``features.batch_max_audio_s`` seconds of (padded) audio. Backbones with
 a layer-norm CNN get an attention mask, so a padded batch equals one-by-one
 runs; group-norm CNNs (HuBERT/wav2vec2 base) were trained without one and see
-zero padding, which length-grouping keeps small.
+zero padding, which length-grouping keeps small. On a GPU the forward runs in bf16
+autocast, the kept layers are cast to the requested dtype (the shards' storage dtype) on
+the device, and batches are pipelined: the next batch is queued before the previous
+one's features are copied out, so the host's unpacking overlaps the device's work.
 
 Chunking (``features.max_chunk_s``): a long utterance is cut at frame
 boundaries. Chunk c covers frames [f0, f1) and is fed samples
@@ -19,6 +22,8 @@ memory demands it.)
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +40,16 @@ from gmptl.models.backbone import (
     uses_attention_mask,
 )
 from gmptl.training.data import eval_batches
+
+_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+class _Batch(NamedTuple):
+    """A launched forward batch: its utterance lengths, kept layers (B, F, D) and the event that ends it."""
+
+    lengths: list[int]
+    layers: dict[int, torch.Tensor]
+    done: torch.cuda.Event | None
 
 
 def conv_geometry(model: torch.nn.Module) -> FrameGeometry:
@@ -94,27 +109,55 @@ class FeatureExtractor:
         return self.geometry.n_frames(n_samples)
 
     @torch.inference_mode()
-    def _forward(self, waves: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
+    def _launch(self, waves: list[np.ndarray], dtype: torch.dtype) -> _Batch:
+        """Queue one padded batch's forward; on a GPU also the copy of its kept layers to pinned host memory.
+
+        Returns at once on a GPU (nothing here waits for the device), so the caller can collect the
+        previous batch while this one runs.
+        """
         lengths = [len(w) for w in waves]
-        x = torch.zeros(len(waves), max(lengths))  # (B, T) zero-padded
+        cuda = self.device.type == "cuda"
+        x = torch.zeros(len(waves), max(lengths), pin_memory=cuda)  # (B, T) zero-padded
         for i, w in enumerate(waves):
             x[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        x = normalize_input(x.to(self.device), torch.tensor(lengths), input_norm(self.model.config))
+        n = torch.tensor(lengths)
+        x = normalize_input(x.to(self.device, non_blocking=True), n, input_norm(self.model.config))
         mask = None
         if self.use_mask:
-            mask = (torch.arange(x.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long().to(self.device)
+            mask = (torch.arange(x.shape[1])[None, :] < n[:, None]).long().to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model(x, attention_mask=mask, output_hidden_states=True)
-        result = []
-        for i, n in enumerate(lengths):
-            frames = self.n_frames(n)
-            result.append(
-                {L: out.hidden_states[L][i, :frames].float().cpu().numpy() for L in self.cfg.layers}
-            )
-        return result
+        layers = {}
+        for L in self.cfg.layers:
+            h = out.hidden_states[L].to(dtype)  # (B, F, D), cast on the device: fewer bytes to copy
+            if cuda:
+                host = torch.empty(h.shape, dtype=dtype, pin_memory=True)
+                host.copy_(h, non_blocking=True)
+                h = host
+            layers[L] = h
+        done = None
+        if cuda:
+            done = torch.cuda.Event()
+            done.record()
+        return _Batch(lengths, layers, done)
 
-    def encode(self, waves: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
-        """Per utterance, {layer: (n_frames, D) float32}; n_frames = the whole-utterance frame count."""
+    def _collect(self, batch: _Batch) -> list[dict[int, np.ndarray]]:
+        """Wait for a launched batch; each utterance's valid frames as arrays of their own."""
+        if batch.done is not None:
+            batch.done.synchronize()
+        # A copy per utterance: the caller may keep them, the batch's (pinned) buffers go back at once.
+        return [
+            {L: h[i, : self.n_frames(n)].numpy().copy() for L, h in batch.layers.items()}
+            for i, n in enumerate(batch.lengths)
+        ]
+
+    def encode(self, waves: list[np.ndarray], dtype: str = "float32") -> list[dict[int, np.ndarray]]:
+        """Per utterance, {layer: (n_frames, D) array of ``dtype``}; n_frames = the whole-utterance frame count.
+
+        On a GPU the batches are pipelined: batch i + 1 is queued before batch i's features are copied
+        out, so the device computes while the host unpacks.
+        """
+        torch_dtype = _DTYPES[np.dtype(dtype).name]
         pieces: list[tuple[int, np.ndarray]] = []  # (utterance index, chunk waveform)
         for i, w in enumerate(waves):
             if self.n_frames(len(w)) < 1:
@@ -125,11 +168,18 @@ class FeatureExtractor:
                 pieces.append((i, w[s0:s1]))
         encoded: list[dict[int, np.ndarray] | None] = [None] * len(pieces)
         budget = int(self.cfg.batch_max_audio_s * self.sample_rate_hz)
-        for batch in eval_batches([len(p[1]) for p in pieces], budget):
-            for idx, enc in zip(batch, self._forward([pieces[j][1] for j in batch]), strict=True):
-                encoded[idx] = enc
+        pending: tuple[list[int], _Batch] | None = None
+        for batch in [*eval_batches([len(p[1]) for p in pieces], budget), None]:
+            launched = (
+                None if batch is None else (batch, self._launch([pieces[j][1] for j in batch], torch_dtype))
+            )
+            if pending is not None:
+                for idx, enc in zip(pending[0], self._collect(pending[1]), strict=True):
+                    encoded[idx] = enc
+            pending = launched
         out: list[dict[int, list[np.ndarray]]] = [{L: [] for L in self.cfg.layers} for _ in waves]
         for (i, _), enc in zip(pieces, encoded, strict=True):
             for L, arr in enc.items():  # type: ignore[union-attr]
                 out[i][L].append(arr)
-        return [{L: np.concatenate(v, axis=0) for L, v in d.items()} for d in out]
+        # An utterance in one piece (the usual case) is returned as is: no second copy of its frames.
+        return [{L: v[0] if len(v) == 1 else np.concatenate(v, axis=0) for L, v in d.items()} for d in out]

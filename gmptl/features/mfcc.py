@@ -73,5 +73,8 @@ class MfccExtractor:
         self.sample_rate_hz = sample_rate_hz
         self.args = (n_mfcc, n_mels, with_deltas)
 
-    def encode(self, waves: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
-        return [{LAYER: mfcc_frames(w, self.sample_rate_hz, self.geometry, *self.args)} for w in waves]
+    def encode(self, waves: list[np.ndarray], dtype: str = "float32") -> list[dict[int, np.ndarray]]:
+        return [
+            {LAYER: mfcc_frames(w, self.sample_rate_hz, self.geometry, *self.args).astype(dtype, copy=False)}
+            for w in waves
+        ]

@@ -110,7 +110,7 @@ class ShardEncoder:
             bounds = np.concatenate([[0], np.cumsum(np.asarray(batch["lengths"][i]))])
             waves = [wave[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
             t0 = time.perf_counter()
-            feats = self.extractor.encode(waves)
+            feats = self.extractor.encode(waves, dtype=self.features_cfg.dtype)
             self._maybe_crash(shard, feats)
             record = store.write_shard(self.folder, shard, utt_ids, feats, self.features_cfg.dtype)
             out["shard"].append(shard)

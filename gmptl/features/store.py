@@ -56,7 +56,7 @@ def write_shard(
     offsets = np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(int).tolist() if feats else []
     written = {}
     for layer in layers:
-        arr = np.concatenate([f[layer] for f in feats], axis=0).astype(dtype)  # (sum frames, D)
+        arr = np.concatenate([f[layer] for f in feats], axis=0).astype(dtype, copy=False)  # (sum frames, D)
         path = shard_array(folder, shard, layer)
         files.save_npy(path, arr)
         written[str(layer)] = {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}

@@ -192,19 +192,31 @@ def test_bf16_extraction_is_the_fp32_features_in_lower_precision(tiny):
             assert _min_cosine(a[layer], b[layer]) > 0.98
 
 
+def test_float16_output_is_the_float32_features_rounded(tiny):
+    ext = FeatureExtractor(*cfgs("features.batch_max_audio_s=1"), model=tiny)  # several batches
+    waves = [wave(n, i) for i, n in enumerate([8000, 16000, 24000])]
+    for a, b in zip(ext.encode(waves), ext.encode(waves, dtype="float16"), strict=True):
+        for layer in a:
+            assert a[layer].dtype == np.float32 and b[layer].dtype == np.float16
+            np.testing.assert_array_equal(a[layer].astype(np.float16), b[layer])
+
+
 @pytest.mark.gpu
 def test_gpu_extraction_matches_cpu(tiny):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    waves = [wave(n, i) for i, n in enumerate([8000, 16000, 40000])]
-    cpu = FeatureExtractor(*cfgs(), model=tiny, device="cpu").encode(waves)
+    # Several batches, so the GPU pipeline (batch i + 1 queued before batch i is copied out) is exercised.
+    sets = ("features.batch_max_audio_s=2",)
+    waves = [wave(n, i) for i, n in enumerate([8000, 16000, 40000, 12000, 20000])]
+    cpu = FeatureExtractor(*cfgs(*sets), model=tiny, device="cpu").encode(waves)
     on_gpu = copy.deepcopy(tiny)  # the module fixture stays on the CPU for the other tests
-    gpu = FeatureExtractor(*cfgs(), model=on_gpu, device="cuda")
+    gpu = FeatureExtractor(*cfgs(*sets), model=on_gpu, device="cuda")
     assert gpu.bf16  # the GPU default
     # fp32 on the GPU differs from the CPU only by cuDNN's TF32 convolutions and summation order.
-    gpu_fp32 = FeatureExtractor(*cfgs(), model=on_gpu, device="cuda", bf16=False)
-    for ext, floor in ((gpu, 0.98), (gpu_fp32, 0.999)):
-        for a, b in zip(cpu, ext.encode(waves), strict=True):
+    gpu_fp32 = FeatureExtractor(*cfgs(*sets), model=on_gpu, device="cuda", bf16=False)
+    for ext, dtype, floor in ((gpu, "float16", 0.98), (gpu_fp32, "float32", 0.999)):
+        for a, b in zip(cpu, ext.encode(waves, dtype=dtype), strict=True):
             for layer in a:
-                assert a[layer].shape == b[layer].shape and np.isfinite(b[layer]).all(), ext.bf16
-                assert _min_cosine(a[layer], b[layer]) > floor, (ext.bf16, layer)
+                assert a[layer].shape == b[layer].shape and b[layer].dtype == np.dtype(dtype)
+                assert np.isfinite(b[layer]).all(), ext.bf16
+                assert _min_cosine(a[layer], b[layer].astype(np.float32)) > floor, (ext.bf16, layer)
