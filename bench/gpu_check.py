@@ -55,7 +55,7 @@ PHASES = ("h2d", "cnn", "transformer", "d2h", "unpack")
 LAYERS = [4, 8, 12]  # three layers kept; the deepest is the last, so all 12 layers run
 JOB = REPO / "jobs" / "iemocap_loso.yaml"
 # The gpu-marked tests that import neither Ray nor faiss (the k-means one needs faiss-gpu).
-GPU_TESTS = ["tests/unit/test_loop.py", "tests/unit/test_backbone_features.py"]
+GPU_TESTS = ["tests/unit/test_loop.py", "tests/unit/test_backbone_features.py", "tests/unit/test_posconv.py"]
 # bf16 against fp32 on one batch: what "agree" means (random weights, so a conservative bound).
 TOL = {"loss_rel": 0.05, "embedding_cosine_min": 0.99, "feature_cosine_min": 0.98}
 
@@ -146,13 +146,13 @@ def environment(device) -> dict:  # noqa: ANN001
 
 
 # ---------------------------------------------------------------------------------------------- extraction
-def _extractor(args, device, bf16: bool, budget_s: float, attn: str = "sdpa"):  # noqa: ANN001, ANN202
+def _extractor(args, device, bf16: bool, budget_s: float, attn: str = "sdpa", fft: bool | None = None):  # noqa: ANN001, ANN202
     from gmptl.config import load_config
     from gmptl.features.extractor import FeatureExtractor
 
     cfg = load_config(None, [f"model.backbone={args.backbone}", f"features.layers={_layers(args)}",
                              f"features.batch_max_audio_s={budget_s}"])  # fmt: skip
-    ext = FeatureExtractor(cfg.model, cfg.features, device=str(device), bf16=bf16)
+    ext = FeatureExtractor(cfg.model, cfg.features, device=str(device), bf16=bf16, fft_pos_conv=fft)
     ext.model.set_attn_implementation(attn)
     return ext, cfg
 
@@ -319,23 +319,22 @@ def extraction(args, device, check: Check) -> dict:  # noqa: ANN001
     print(f"{len(waves)} utterances, {audio_s:.0f} s of audio, {len(shards)} shards of <= 256", flush=True)
     res: dict = {"n_utterances": len(waves), "audio_s": round(audio_s, 1), "layers": _layers(args),
                  "variants": []}  # fmt: skip
-    # (precision, attention, batch_max_audio_s, output dtype): the pipeline stores float16 by default.
-    variants = [("bf16", "sdpa", b, "float16") for b in args.budgets]
+    # (precision, attention, batch_max_audio_s, output dtype, positional conv): the pipeline stores float16.
     mid = args.budgets[len(args.budgets) // 2]
-    variants += [
-        ("bf16", "sdpa", mid, "float32"),
-        ("fp32", "sdpa", mid, "float16"),
-        ("bf16", "eager", mid, "float16"),
-    ]
-    for precision, attn, budget, dtype in variants:
+    variants = [("bf16", "sdpa", b, "float16", "fft") for b in args.budgets]
+    variants += [("bf16", "sdpa", b, "float16", "cudnn") for b in args.budgets[:2]]
+    variants += [("bf16", "sdpa", mid, "float32", "fft"), ("fp32", "sdpa", mid, "float16", "fft"),
+                 ("bf16", "eager", mid, "float16", "fft")]  # fmt: skip
+    for precision, attn, budget, dtype, posconv in variants:
         if check.left_s() < 60:
             res["cut_short"] = f"budget left {check.left_s():.0f} s"
             break
-        ext, _ = _extractor(args, device, precision == "bf16", budget, attn)
+        ext, _ = _extractor(args, device, precision == "bf16", budget, attn, posconv == "fft")
         r = _throughput(ext, shards, audio_s, args.repeats, device, dtype)
-        r |= {"precision": precision, "attention": attn, "batch_max_audio_s": budget, "dtype": dtype}
-        print(f"  {precision} {attn:5s} budget {budget:5.0f} s, {dtype} out: {r['x_real_time']:8.1f}x real time "
-              f"({r['wall_s']:.2f} s)", flush=True)  # fmt: skip
+        r |= {"precision": precision, "attention": attn, "batch_max_audio_s": budget, "dtype": dtype,
+              "posconv": posconv}  # fmt: skip
+        print(f"  {precision} {attn:5s} budget {budget:5.0f} s, {dtype} out, {posconv:5s} pos conv: "
+              f"{r['x_real_time']:8.1f}x real time ({r['wall_s']:.2f} s)", flush=True)  # fmt: skip
         res["variants"].append(r)
         del ext
     best = max(res["variants"], key=lambda v: v["x_real_time"])
@@ -363,16 +362,17 @@ def extraction(args, device, check: Check) -> dict:  # noqa: ANN001
             res["profile"] = {"error": f"{type(e).__name__}: {e}"}
     del ext
     res["decode"] = decode_rate(reads=3 if args.quick else 30)
-    rows = [[v["precision"], v["attention"], f"{v['batch_max_audio_s']:g}", v["dtype"], f"{v['x_real_time']:,.0f}x",
+    rows = [[v["precision"], v["attention"], v["posconv"], f"{v['batch_max_audio_s']:g}", v["dtype"], f"{v['x_real_time']:,.0f}x",
              f"{v['x_real_time_best']:,.0f}x", v["tflops"], v.get("of_bf16_matmul_peak", "-"),
              v.get("peak_gib", "-")] for v in res["variants"]]  # fmt: skip
     check.table(f"Extraction ({args.backbone} backbone, layers {_layers(args)}, {len(waves)} utterances = "
                 f"{audio_s:.0f} s of audio, median of {args.repeats}; {res['gflop_per_audio_s']['total']} GFLOP "
                 f"per audio-second, so the bf16 matmul rate bounds it at "
                 f"{res.get('x_real_time_at_bf16_matmul_peak', '-')}x)",
-                ["precision", "attention", "batch_max_audio_s", "features out", "x real time", "best run",
+                ["precision", "attention", "pos conv", "batch_max_audio_s", "features out", "x real time", "best run",
                  "useful TFLOP/s", "of bf16 matmul rate", "peak GiB"], rows)  # fmt: skip
     check.table(f"One extraction pass, phase by phase, synchronised ({best['precision']}, {best['attention']}, "
+                f"{best['posconv']} pos conv, "
                 f"budget {best['batch_max_audio_s']:g} s, {best['dtype']} out; {b['n_batches']} batches)",
                 ["phase", "seconds", "share", "useful TFLOP/s"],
                 [[k, b[k], f"{100 * b['share'][k]:.1f}%", b["tflops"].get(k, "-")] for k in PHASES])  # fmt: skip
@@ -473,11 +473,12 @@ def _batches(args, stage, n_batches: int, geometry, seed: int) -> list[dict]:  #
     return out
 
 
-def _stage_model(args, name: str, device):  # noqa: ANN001, ANN202
+def _stage_model(args, name: str, device, fft: bool = False):  # noqa: ANN001, ANN202
     import torch
 
     from gmptl.models.backbone import frame_geometry
     from gmptl.models.factory import build_model, configure_training
+    from gmptl.models.posconv import use_fft_positional_conv
     from gmptl.training.stages import make_stage
 
     cfg = _job(args)
@@ -487,6 +488,8 @@ def _stage_model(args, name: str, device):  # noqa: ANN001, ANN202
     torch.manual_seed(args.seed)
     model = build_model(cfg.model, stage.head_spec())
     configure_training(model, stage_cfg)
+    if fft:
+        use_fft_positional_conv(model.backbone)
     return stage, model.to(device), frame_geometry(model.backbone.config)
 
 
@@ -497,11 +500,11 @@ def training(args, device, check: Check) -> dict:  # noqa: ANN001
 
     res: dict = {"runs": []}
     for name in ("utterance", "gmp"):
-        for bf16 in (True, False):
+        for bf16, posconv in ((True, "cudnn"), (True, "fft"), (False, "cudnn")):
             if check.left_s() < 45:
                 res["cut_short"] = f"budget left {check.left_s():.0f} s"
                 break
-            stage, model, geo = _stage_model(args, name, device)
+            stage, model, geo = _stage_model(args, name, device, posconv == "fft")
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
             batches = _batches(args, stage, args.warmup_steps + args.steps, geo, args.seed)
             gen = torch.Generator().manual_seed(args.seed)
@@ -515,24 +518,83 @@ def training(args, device, check: Check) -> dict:  # noqa: ANN001
                               bf16=bf16)  # fmt: skip
             sync(device)
             m = stats.metrics("", sample_rate_hz=SR)
-            r = {"stage": name, "precision": "bf16" if bf16 else "fp32", "batch_size": len(batches[0]["n_samples"]),
+            r = {"stage": name, "precision": "bf16" if bf16 else "fp32", "posconv": posconv, "batch_size": len(batches[0]["n_samples"]),
                  "steps": stats.n_steps, "step_s": round(stats.wall_s / stats.n_steps, 4),
                  "audio_s_per_s": round(m["audio_s_per_s"], 1), "padding_waste": round(m["padding_waste"], 3),
                  "loss": round(m["loss"], 4), "ks": stage.ks}  # fmt: skip
             if device.type == "cuda":
                 r["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            print(f"  {name:9s} {r['precision']}: {r['step_s'] * 1000:7.1f} ms/step, "
+            print(f"  {name:9s} {r['precision']} {posconv:5s} pos conv: {r['step_s'] * 1000:7.1f} ms/step, "
                   f"{r['audio_s_per_s']:8.1f} audio-s/s, peak {r.get('peak_gib', '-')} GiB", flush=True)  # fmt: skip
             res["runs"].append(r)
             del model, opt, batches
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    rows = [[r["stage"], r["precision"], r["batch_size"], f"{r['step_s'] * 1000:.1f}", f"{r['audio_s_per_s']:,.0f}",
+    rows = [[r["stage"], r["precision"], r["posconv"], r["batch_size"], f"{r['step_s'] * 1000:.1f}", f"{r['audio_s_per_s']:,.0f}",
              r.get("peak_gib", "-"), f"{100 * r['padding_waste']:.1f}%"] for r in res["runs"]]  # fmt: skip
     check.table(f"Training through run_epoch ({args.backbone} backbone, 10 s crops, CNN frozen, AdamW; "
                 f"{args.steps} timed steps after {args.warmup_steps} warm-up)",
-                ["stage", "precision", "batch", "ms / step", "audio-s / s", "peak GiB", "padding"], rows)  # fmt: skip
+                ["stage", "precision", "pos conv", "batch", "ms / step", "audio-s / s", "peak GiB", "padding"], rows)  # fmt: skip
     return res
+
+
+# ---------------------------------------------------------------------------------------------- positional conv
+def _median_s(fn, device, reps: int) -> float:  # noqa: ANN001
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def posconv(args, device, check: Check) -> dict:  # noqa: ANN001
+    """The positional convolution alone, at two extraction batch shapes: cuDNN in bf16 (what autocast
+    runs) and fp32, and the FFT path; forward, and forward + backward (training); error against a
+    float64 CPU reference."""
+    import torch
+    import torch.nn.functional as F
+
+    from gmptl.models.backbone import preset_config
+    from gmptl.models.posconv import fft_conv1d
+
+    cfg = preset_config(args.backbone)
+    c, k, g = cfg.hidden_size, cfg.num_conv_pos_embeddings, cfg.num_conv_pos_embedding_groups
+    shapes = (
+        [(2, 50)] if args.quick else [(36, 225), (4, 1700)]
+    )  # (batch, frames): 160 s of 4.5 s or 34 s clips
+    reps = 2 if args.quick else 10
+    gen = torch.Generator().manual_seed(args.seed)
+    impls = {
+        "cudnn bf16": lambda x, w: F.conv1d(x.bfloat16(), w.bfloat16(), None, padding=k // 2, groups=g),
+        "cudnn fp32": lambda x, w: F.conv1d(x, w, None, padding=k // 2, groups=g),
+        "fft fp32": lambda x, w: fft_conv1d(x, w, None, k // 2, g),
+    }
+    rows = []
+    for b, t in shapes:
+        x = torch.randn(b, c, t, generator=gen)
+        w = 0.02 * torch.randn(c, c // g, k, generator=gen)
+        ref = F.conv1d(x.double(), w.double(), None, padding=k // 2, groups=g)
+        x, w = x.to(device), w.to(device)
+        for name, fn in impls.items():
+            err = float((fn(x, w).double().cpu() - ref).norm() / ref.norm())
+            xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+
+            def step(fn=fn, xg=xg, wg=wg) -> None:  # noqa: ANN001
+                fn(xg, wg).float().square().mean().backward()
+
+            rows.append({"shape": [b, c, t], "impl": name, "rel_error": err,
+                         "forward_ms": round(1e3 * _median_s(lambda fn=fn, x=x, w=w: fn(x, w), device, reps), 3),
+                         "forward_backward_ms": round(1e3 * _median_s(step, device, reps), 3)})  # fmt: skip
+    check.table(f"Positional convolution alone ({c} channels, {g} groups, kernel {k}; median of {reps})",
+                ["batch x frames", "implementation", "forward ms", "forward + backward ms", "error vs float64"],
+                [[f"{r['shape'][0]} x {r['shape'][2]}", r["impl"], r["forward_ms"], r["forward_backward_ms"],
+                  f"{r['rel_error']:.1e}"] for r in rows])  # fmt: skip
+    return {"rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------- numerics
@@ -577,7 +639,8 @@ def numerics(args, device, check: Check) -> dict:  # noqa: ANN001
     waves = waveforms(lengths, args.seed + 2)
     feats = {}
     for bf16 in (False, True):
-        ext, _ = _extractor(args, device, bf16, 160.0)
+        # fp32 with conv1d's positional convolution, against what a GPU runs by default (bf16, FFT conv).
+        ext, _ = _extractor(args, device, bf16, 160.0, fft=None if bf16 else False)
         feats[bf16] = ext.encode(waves)  # float32 out: the comparison is of the forward's precision
         del ext
     cos = min(
@@ -635,7 +698,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=0, help="0 = the job's per-worker batch")
     ap.add_argument("--compile-limit-s", type=float, default=150.0)
     ap.add_argument(
-        "--skip", nargs="*", default=[], choices=["extraction", "compile", "training", "numerics", "tests"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["posconv", "extraction", "compile", "training", "numerics", "tests"],
     )
     ap.add_argument("--n-numerics", type=int, default=16, help="utterances of the extraction numerics check")
     ap.add_argument("--seed", type=int, default=0)
@@ -656,6 +722,8 @@ def main(argv: list[str] | None = None) -> dict:
     check = Check(out, args)
     check.data["environment"] = environment(device)
     ex = None
+    if "posconv" not in args.skip:
+        check.section("posconv", lambda: posconv(args, device, check))
     if "extraction" not in args.skip:
         ex = check.section("extraction", lambda: extraction(args, device, check))
     if "training" not in args.skip:

@@ -39,6 +39,7 @@ from gmptl.models.backbone import (
     truncate_to,
     uses_attention_mask,
 )
+from gmptl.models.posconv import use_fft_positional_conv
 from gmptl.training.data import eval_batches
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -85,6 +86,7 @@ class FeatureExtractor:
         model: torch.nn.Module | None = None,
         device: str | None = None,
         bf16: bool | None = None,
+        fft_pos_conv: bool | None = None,
     ):
         self.cfg = features_cfg
         self.sample_rate_hz = sample_rate_hz
@@ -99,6 +101,12 @@ class FeatureExtractor:
         self.device = torch.device(device)
         # bf16 autocast on GPU by default (tensor cores; features are stored as float16 anyway); fp32 on CPU.
         self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
+        # On a GPU the positional convolution runs through FFTs (gmptl.models.posconv: cuDNN's kernels for
+        # its shape dominate the pass otherwise); a model handed in is only switched when asked.
+        if fft_pos_conv is None:
+            fft_pos_conv = own_model and self.device.type == "cuda"
+        if fft_pos_conv:
+            use_fft_positional_conv(self.model)
         self.model.to(self.device)
         self.geometry = conv_geometry(self.model)
         self.use_mask = uses_attention_mask(self.model)
