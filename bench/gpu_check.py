@@ -449,7 +449,7 @@ def _batches(args, stage, n_batches: int, geometry, seed: int) -> list[dict]:  #
 
     cfg = stage.cfg
     bs = args.batch_size or cfg.worker_batch()
-    crop = int(cfg.crop_s * SR)
+    crop = int((1.0 if args.quick else cfg.crop_s) * SR)  # toy sizes: 1 s crops
     lengths = np.minimum(iemocap_like_lengths(max(bs * n_batches * 4, 64), seed), crop)
     rng = np.random.default_rng([seed, 3])
     plan = plan_batches(lengths.tolist(), bs, "bucket", rng, cfg.bucket_pool_batches)
@@ -539,8 +539,8 @@ def training(args, device, check: Check) -> dict:  # noqa: ANN001
 
 
 # ---------------------------------------------------------------------------------------------- positional conv
-def _median_s(fn, device, reps: int) -> float:  # noqa: ANN001
-    for _ in range(2):
+def _median_s(fn, device, reps: int, warmup: int = 2) -> float:  # noqa: ANN001
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
@@ -567,7 +567,7 @@ def posconv(args, device, check: Check) -> dict:  # noqa: ANN001
     shapes = (
         [(2, 50)] if args.quick else [(36, 225), (4, 1700)]
     )  # (batch, frames): 160 s of 4.5 s or 34 s clips
-    reps = 2 if args.quick else 10
+    reps, warmup = (1, 1) if args.quick else (10, 2)
     gen = torch.Generator().manual_seed(args.seed)
     impls = {
         "cudnn bf16": lambda x, w: F.conv1d(x.bfloat16(), w.bfloat16(), None, padding=k // 2, groups=g),
@@ -588,8 +588,8 @@ def posconv(args, device, check: Check) -> dict:  # noqa: ANN001
                 fn(xg, wg).float().square().mean().backward()
 
             rows.append({"shape": [b, c, t], "impl": name, "rel_error": err,
-                         "forward_ms": round(1e3 * _median_s(lambda fn=fn, x=x, w=w: fn(x, w), device, reps), 3),
-                         "forward_backward_ms": round(1e3 * _median_s(step, device, reps), 3)})  # fmt: skip
+                         "forward_ms": round(1e3 * _median_s(lambda fn=fn, x=x, w=w: fn(x, w), device, reps, warmup), 3),
+                         "forward_backward_ms": round(1e3 * _median_s(step, device, reps, warmup), 3)})  # fmt: skip
     check.table(f"Positional convolution alone ({c} channels, {g} groups, kernel {k}; median of {reps})",
                 ["batch x frames", "implementation", "forward ms", "forward + backward ms", "error vs float64"],
                 [[f"{r['shape'][0]} x {r['shape'][2]}", r["impl"], r["forward_ms"], r["forward_backward_ms"],
@@ -713,7 +713,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.quick:
         args.n_extract, args.budgets, args.repeats, args.n_numerics = 4, [20.0], 1, 2
-        args.steps, args.warmup_steps, args.batch_size = 2, 1, args.batch_size or 2
+        args.steps, args.warmup_steps, args.batch_size = 1, 1, args.batch_size or 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.compiled_worker:
         compiled_worker(args)
