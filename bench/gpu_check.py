@@ -219,8 +219,8 @@ def breakdown(ext, shards, device, dtype: str) -> dict:  # noqa: ANN001
     host memory, and the per-utterance unpacking on the host."""
     import torch
 
+    from gmptl.data.batching import length_batches
     from gmptl.models.backbone import input_norm, normalize_input
-    from gmptl.training.data import eval_batches
 
     model, norm = ext.model, input_norm(ext.model.config)
     torch_dtype = getattr(torch, dtype)
@@ -230,7 +230,7 @@ def breakdown(ext, shards, device, dtype: str) -> dict:  # noqa: ANN001
     n_batches = 0
     with torch.inference_mode():
         for shard in shards:
-            for batch in eval_batches([len(w) for w in shard], budget):
+            for batch in length_batches([len(w) for w in shard], budget):
                 waves = [shard[i] for i in batch]
                 lengths = torch.tensor([len(w) for w in waves])
                 sync(device)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gmptl.data.batching import length_batches
 from gmptl.models.backbone import frame_geometry
 from gmptl.models.factory import SERModel, load_model
 from gmptl.training import data as tdata
@@ -67,9 +68,7 @@ def evaluate_model(
     ds = tdata.UtteranceDataset(items, sample_rate_hz, geo, None)
     n = len(items)
     probs = np.zeros((n, len(labels)), np.float32)
-    for batch_idx in tdata.eval_batches(
-        [it.n_samples for it in items], int(max_batch_audio_s * sample_rate_hz)
-    ):
+    for batch_idx in length_batches([it.n_samples for it in items], int(max_batch_audio_s * sample_rate_hz)):
         batch = ds.collate([tdata.Request(i) for i in batch_idx])
         with autocast(device):
             out = model(batch["wave"].to(device), batch["n_samples"].to(device))

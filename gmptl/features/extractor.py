@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gmptl.config import FeatureConfig, ModelConfig
+from gmptl.data.batching import length_batches
 from gmptl.models.backbone import (
     FrameGeometry,
     build_backbone,
@@ -40,7 +41,6 @@ from gmptl.models.backbone import (
     uses_attention_mask,
 )
 from gmptl.models.posconv import use_fft_positional_conv
-from gmptl.training.data import eval_batches
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -177,7 +177,7 @@ class FeatureExtractor:
         encoded: list[dict[int, np.ndarray] | None] = [None] * len(pieces)
         budget = int(self.cfg.batch_max_audio_s * self.sample_rate_hz)
         pending: tuple[list[int], _Batch] | None = None
-        for batch in [*eval_batches([len(p[1]) for p in pieces], budget), None]:
+        for batch in [*length_batches([len(p[1]) for p in pieces], budget), None]:
             launched = (
                 None if batch is None else (batch, self._launch([pieces[j][1] for j in batch], torch_dtype))
             )

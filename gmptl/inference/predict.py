@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from gmptl.data.audio import AudioError, load_audio
+from gmptl.data.batching import length_batches
 from gmptl.errors import BadInputError, GmptlError
 from gmptl.evaluation.evaluate import autocast, probabilities
 from gmptl.features.extractor import chunk_spans, conv_geometry
@@ -46,7 +47,6 @@ from gmptl.models.factory import (
     read_model_json,
 )
 from gmptl.paths import safe_name
-from gmptl.training.data import eval_batches
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class Predictor:
         # (HuBERT base) sees the zero padding, so each piece runs alone: a file's track never depends on
         # which other files shared its batch.
         if self.model.use_mask:
-            groups = eval_batches(lengths, self.max_batch_samples)
+            groups = length_batches(lengths, self.max_batch_samples)
         else:
             groups = [[k] for k in range(len(pieces))]
         states: list[torch.Tensor | None] = [None] * len(pieces)

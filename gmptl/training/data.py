@@ -103,19 +103,6 @@ def shard_batches(batches: list[list[int]], rank: int, world: int) -> tuple[list
     return padded[rank::world], n_pad
 
 
-def eval_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:
-    """Whole utterances sorted by length, grouped so a padded batch holds at most ``max_batch_samples``."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        if cur and (len(cur) + 1) * lengths[i] > max_batch_samples:
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    return batches + ([cur] if cur else [])
-
-
 class UtteranceDataset(torch.utils.data.Dataset):
     """Loads the examples of a batch of :class:`Request` s and pads them (a torch ``batch_sampler`` dataset)."""
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from gmptl.config import Config
+from gmptl.data.batching import length_batches
 from gmptl.models.factory import build_model, configure_training
 from gmptl.models.posconv import use_fft_positional_conv
 from gmptl.progress import epoch_line
@@ -162,7 +163,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
                 bf16=bf16,
             )  # fmt: skip
         )
-        val_batches = tdata.eval_batches(
+        val_batches = length_batches(
             [val_items[i].n_samples for i in val_share], int(stage_cfg.eval_batch_max_audio_s * sr)
         )
         val_loader = ([tdata.Request(i) for i in b] for b in val_batches)

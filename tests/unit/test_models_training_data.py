@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gmptl.config import ModelConfig, load_config
+from gmptl.data.batching import length_batches
 from gmptl.models.factory import build_model, configure_training, load_model, save_model
 from gmptl.training import data as tdata
 from gmptl.training.loop import lr_lambda, span_mask
@@ -190,7 +191,7 @@ def test_shard_batches_disjoint_and_equal_steps():
     shards = [tdata.shard_batches(batches, r, 3) for r in range(3)]
     assert all(len(s) == 3 for s, _ in shards) and shards[0][1] == 2
     assert sorted(b[0] for s, _ in shards for b in s) == sorted(list(range(7)) + [0, 1])
-    ev = tdata.eval_batches([5, 1, 9, 3], 12)
+    ev = length_batches([5, 1, 9, 3], 12)
     assert sorted(i for b in ev for i in b) == [0, 1, 2, 3]
     assert all(len(b) * max([5, 1, 9, 3][i] for i in b) <= 12 or len(b) == 1 for b in ev)
 
