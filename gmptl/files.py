@@ -3,9 +3,11 @@ one, never a torn or empty one. Every file that marks a step done is written thr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -28,11 +30,72 @@ def _fault_point(path: Path) -> None:
         time.sleep(FAULT_PAUSE_S)
 
 
+def _process_space() -> str:
+    """A tag of this host and PID namespace: a PID named in a temporary file's name means this process
+    table only where the tags agree (containers may share a hostname but not their processes)."""
+    try:
+        ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}/{ns}".encode()).hexdigest()[:8]
+
+
+_SPACE = _process_space()
+# A temporary file of another host (or PID namespace) is left alone until it is this old: its writer's
+# liveness cannot be checked from here, and no atomic write takes a day.
+FOREIGN_TMP_AGE_S = 24 * 3600
+
+
+def _tmp_path(path: Path) -> Path:
+    """``.<name>.<process space>.<pid>.<random>.tmp`` beside ``path``: who wrote it can be told later."""
+    return path.with_name(f".{path.name}.{_SPACE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_tmp(folder: str | Path) -> tuple[int, int]:
+    """Delete the temporary files of atomic writes whose writer was killed, anywhere under ``folder``.
+
+    A writer on this host (and PID namespace) that no longer runs left its file for good; a file from
+    another host is deleted once untouched for ``FOREIGN_TMP_AGE_S``. Files not named by
+    :func:`atomic_write` are never touched. Returns (files deleted, their bytes).
+    """
+    folder = Path(folder)
+    n = size = 0
+    if not folder.is_dir():
+        return 0, 0
+    now = time.time()
+    for f in folder.rglob(".*.tmp"):
+        parts = f.name[1:-4].rsplit(".", 3)  # name (may hold dots), space, pid, random
+        if len(parts) != 4 or not parts[2].isdigit():
+            continue
+        try:
+            st = f.stat()
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            continue
+        mine = parts[1] == _SPACE
+        if (mine and not _alive(int(parts[2]))) or now - st.st_mtime > FOREIGN_TMP_AGE_S:
+            f.unlink(missing_ok=True)
+            n, size = n + 1, size + st.st_size
+    return n, size
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(fh)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+    """Call ``write(fh)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
+
+    A process killed before the rename leaves the temporary file; :func:`sweep_tmp` deletes it later.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _tmp_path(path)
     try:
         with tmp.open("wb") as fh:
             write(fh)

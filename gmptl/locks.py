@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from gmptl import paths
+from gmptl import files, paths
 from gmptl.config import Config
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,9 @@ def lock_file(cfg: Config, folder: Path) -> Path:
 @contextlib.contextmanager
 def hold(cfg: Config, folders: list[Path]) -> Iterator[None]:
     """Exclusive locks on ``folders`` (in sorted order) for the duration of the block."""
-    files = sorted({lock_file(cfg, f): f for f in folders}.items())
+    held = sorted({lock_file(cfg, f): f for f in folders}.items())
     with contextlib.ExitStack() as stack:
-        for lock, folder in files:
+        for lock, folder in held:
             lock.parent.mkdir(parents=True, exist_ok=True)
             fh = stack.enter_context(open(lock, "a+"))  # noqa: SIM115 - closed by the stack
             try:
@@ -57,6 +57,14 @@ def hold(cfg: Config, folders: list[Path]) -> Iterator[None]:
                 fcntl.lockf(fh, fcntl.LOCK_EX)
                 log.info("got %s after %.1f s", folder, time.monotonic() - t0)
             _claim(fh)
+        for folder in folders:
+            # Holding the folder, nobody writes there but this run: temporary files of atomic writes whose
+            # writer was killed can go (files.sweep_tmp judges each by its writer, so a nested step folder
+            # that another run holds keeps its files).
+            n, size = files.sweep_tmp(folder)
+            if n:
+                log.warning("removed %d partial file(s) (%.1f MB) that killed writers left under %s",
+                            n, size / 1e6, folder)  # fmt: skip
         yield
 
 

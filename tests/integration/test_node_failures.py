@@ -362,6 +362,9 @@ def test_a_run_killed_while_writing_a_marker_leaves_no_torn_marker(cluster, refe
     run_ok(cluster, out, "evaluate", final_log, "the run after the last kill")
     assert re.search(r"evaluate\[\w+\] \(ran\)", log_tail(final_log)), log_tail(final_log)
     _assert_whole([out / p.relative_to(reference.out) for _, p in kinds])
+    # The killed writes' temporary files: swept by the reruns that took each step's folder.
+    left = [t for _, p in kinds for t in (out / p.relative_to(reference.out)).parent.glob(".*.tmp")]
+    assert not left, left
 
 
 def _assert_whole(markers: list[Path]) -> None:

@@ -86,6 +86,7 @@ def test_pretrain_writes_a_backbone_with_its_provenance_and_curves(pretrained):
     assert rc == 0 and "pretrain (cached)" in again
 
 
+@pytest.mark.faults  # an injected worker failure and two more fits: `make test-faults`
 def test_a_resumed_pretraining_equals_an_uninterrupted_one(pretrained, tmp_path, monkeypatch):
     cfg, _, report = pretrained
     whole = report["iterations"][0]["train"]

@@ -81,6 +81,7 @@ def test_mtl_ddp_lowers_loss_and_logs_to_mlflow(uninterrupted):
     assert train_stage(cfg, df, folds[0], "mtl")["model_dir"] == best
 
 
+@pytest.mark.faults  # an injected worker failure and two more fits: `make test-faults`
 def test_a_failed_run_resumes_on_rerun_and_a_failed_worker_is_retried(uninterrupted, tmp_path, monkeypatch):
     """Both ways a stage recovers, in one run name, ending equal to the uninterrupted run: with
     max_failures=0 a worker failure after epoch 1 ends the stage (the error says to rerun) and the same
