@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gmptl import locks, paths, steps
 from gmptl.config import STAGE_NAMES, Config, config_hash, derive, save_config, to_dict
@@ -24,6 +25,7 @@ from gmptl.data.prepare import Prepared, prepare_folds, require_labels
 from gmptl.errors import ConfigError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,6 +49,36 @@ def start_ray(cfg: Config) -> None:
     check_shared_storage(
         {"output_dir": str(paths.output_dir(cfg)), "runtime.storage_path": paths.storage_path(cfg)}
     )
+
+
+def beside(work: Callable[[], T], main: Callable[[], object]) -> T:
+    """``work()`` in a thread while ``main()`` runs in this one (Ray's start stays on the main thread, where
+    it installs its SIGTERM handler); returns ``work``'s value once both are done.
+
+    An error of either is raised once the other has finished too (a rerun in the same process never finds
+    the first attempt still writing); ``work``'s error first. Ctrl-C does not wait: the thread is a daemon.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as e:  # handed to the caller below
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="prepare", daemon=True)
+    thread.start()
+    try:
+        main()
+    except Exception:
+        thread.join()
+        if "error" in box:
+            raise box["error"] from None
+        raise
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def seed_configs(cfg: Config) -> list[Config]:
@@ -113,17 +145,20 @@ def run_experiment(
     check_sample_rate(cfg.model, cfg.data.sample_rate_hz)
     status: dict[str, str] = {}
     save_config(cfg, paths.resolved_config_path(cfg))
-    # Another `gmptl run` on this output_dir waits for the corpus and manifest, then finds them cached.
-    with locks.hold(cfg, [paths.corpus_root(cfg), paths.manifest_path(cfg).parent]):
-        prep = prepare_folds(cfg, status, with_folds=with_folds)
-    folds = select_folds(prep.folds, only_folds) if with_folds else []
+
+    def prepare() -> Prepared:
+        # Another `gmptl run` on this output_dir waits for the corpus and manifest, then finds them cached.
+        with locks.hold(cfg, [paths.corpus_root(cfg), paths.manifest_path(cfg).parent]):
+            return prepare_folds(cfg, status, with_folds=with_folds)
+
     todo = [steps.get(n) for n in order if steps.get(n).kind != "setup"]
+    # The corpus is prepared while Ray starts: seconds each, and neither needs the other.
+    prep = beside(prepare, lambda: start_ray(cfg)) if todo else prepare()
+    folds = select_folds(prep.folds, only_folds) if with_folds else []
     if any(s.kind == "train" for s in todo):
         from gmptl.pretraining.provenance import check_speaker_independent
 
         check_speaker_independent(cfg, sorted({s for f in folds for s in f.test_speakers}))
-    if todo:
-        start_ray(cfg)
     training = [s.name for s in todo if s.kind == "train"]
     parent = _parent_run(cfg, prep) if training else None
     # Steps that read only the manifest (pre-training) run once per seed, with no fold.

@@ -1,6 +1,7 @@
 """On a multi-node cluster output_dir and storage_path must be shared: checked on every node, not assumed."""
 
 import os
+import time
 
 import pytest
 import ray
@@ -80,3 +81,39 @@ def test_rays_authentication_token_is_made_readable_by_its_owner_only(tmp_path, 
     assert stat.S_IMODE(token.stat().st_mode) == 0o600 and "was 644" in caplog.text
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
     protect_auth_token()  # no token (authentication off): nothing to do, no error
+
+
+def test_beside_runs_the_work_while_the_main_call_runs_and_waits_for_both():
+    import threading
+
+    from gmptl.experiment import beside
+
+    started = threading.Event()
+    log = []
+
+    def work():
+        assert started.wait(10), "main never ran beside the work"
+        log.append("work")
+        return 42
+
+    assert beside(work, lambda: (started.set(), log.append("main"))) == 42
+    assert sorted(log) == ["main", "work"]
+
+    def bad_work():
+        raise ValueError("bad corpus")
+
+    finished = []
+    with pytest.raises(ValueError, match="bad corpus"):
+        beside(bad_work, lambda: finished.append("main"))
+    assert finished == ["main"]  # the error waited for the main call
+
+    def slow_work():
+        time.sleep(0.2)
+        finished.append("work")
+
+    def bad_main():
+        raise RuntimeError("no ray")
+
+    with pytest.raises(RuntimeError, match="no ray"):
+        beside(slow_work, bad_main)
+    assert finished[-1] == "work"  # nothing still writing when the caller sees the error
