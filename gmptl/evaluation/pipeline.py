@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,12 @@ def evaluate_step(ctx: Any) -> dict[str, Any]:
     from gmptl.evaluation.evaluate import evaluate_model
     from gmptl.evaluation.report import fold_entry
     from gmptl.runtime import ensure_ray
-    from gmptl.training.pipeline import class_names, items_of
+    from gmptl.training.pipeline import class_names, items_of, settle_outbox
 
     cfg, df, fold = ctx.cfg, ctx.df, ctx.fold
     out = paths.test_dir(cfg, fold.index)
     if (done := files.read_marker(out / paths.TEST_JSON)) is not None:
+        settle_outbox(cfg, out)  # test metrics MLflow missed when this fold was scored
         return done
     s = cfg.stages.utterance
     test = fold.select(df, "test")
@@ -60,7 +62,7 @@ def evaluate_step(ctx: Any) -> dict[str, Any]:
     )
     files.write_parquet(predictions, out / "predictions.parquet")
     entry = fold_entry(fold.index, s.seed, list(fold.test_speakers), ev.confusion)
-    _log_on_stage_run(cfg, fold.index, entry)
+    _log_on_stage_run(cfg, fold.index, entry, out)
     files.write_json(out / paths.TEST_JSON, entry)
     log.info(
         "fold %d test: WAR %.3f UAR %.3f (n=%d)", fold.index, entry["war"], entry["uar"], entry["n_test"]
@@ -68,15 +70,20 @@ def evaluate_step(ctx: Any) -> dict[str, Any]:
     return entry
 
 
-def _log_on_stage_run(cfg: Config, fold: int, entry: dict[str, Any]) -> None:
-    """The fold's test metrics on the MLflow run of the stage-2 model they score."""
+def _log_on_stage_run(cfg: Config, fold: int, entry: dict[str, Any], out: Path) -> None:
+    """The fold's test metrics on the MLflow run of the stage-2 model they score.
+
+    MLflow being down does not fail the evaluation: the metrics wait in the test folder's outbox, and the
+    next run of this step sends them (``settle_outbox``).
+    """
     if not cfg.tracking.enabled:
         return
     from gmptl import tracking
 
     stage = json.loads((paths.stage_dir(cfg, fold, "utterance") / paths.STAGE_JSON).read_text())
     if stage.get("mlflow_run_id"):
-        run = tracking.Run(tracking.resolve_uri(cfg), stage["mlflow_run_id"])
+        outbox = tracking.Outbox(out / paths.MLFLOW_OUTBOX)
+        run = tracking.Run(tracking.resolve_uri(cfg), stage["mlflow_run_id"], outbox)
         run.log_metrics({f"test_{k}": entry[k] for k in ("war", "uar", "macro_f1")}, step=0)
 
 

@@ -221,6 +221,24 @@ def test_a_stage_ending_while_mlflow_is_down_is_finished_by_its_rerun(mlflow, tm
     assert not run.outbox.path.exists()
 
 
+def test_test_metrics_wait_in_the_test_folder_while_mlflow_is_down(mlflow, tmp_path):
+    """Scoring a fold while MLflow is down: the evaluation ends, its metrics wait in the test folder and the
+    step's next run sends them to the stage-2 run they belong to."""
+    from gmptl.evaluation.pipeline import _log_on_stage_run
+
+    run, switch = mlflow
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out'}", f"tracking.uri={run.uri}"])
+    files.write_json(paths.stage_dir(cfg, 0, "utterance") / paths.STAGE_JSON, {"mlflow_run_id": run.run_id})
+    out = paths.test_dir(cfg, 0)
+    switch.mode = "down"
+    _log_on_stage_run(cfg, 0, {"war": 0.5, "uar": 0.625, "macro_f1": 0.4}, out)  # nothing raises
+    assert tracking.Outbox(out / paths.MLFLOW_OUTBOX).counts()["waiting"] == 1
+    switch.mode = "up"
+    pipeline.settle_outbox(cfg, out)
+    assert switch.client.get_run(run.run_id).data.metrics["test_uar"] == 0.625
+    assert not (out / paths.MLFLOW_OUTBOX).exists()
+
+
 def test_outbox_entries_hold_no_tracking_uri_and_no_credentials(mlflow):
     run, switch = mlflow
     switch.mode = "down"
