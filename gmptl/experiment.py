@@ -113,10 +113,36 @@ def _parent_run(cfg: Config, prep: Prepared):  # noqa: ANN202
     uri = tracking.resolve_uri(cfg)
     tracking.check_reachable(uri)
     h = config_hash(cfg)
+    # What the end of an earlier run of this config could not send (its report, its artifacts) goes first.
+    outbox = tracking.Outbox(paths.run_dir(cfg) / paths.MLFLOW_OUTBOX)
+    outbox.settle(uri)
     run = tracking.Run.open(cfg.tracking, uri, run_key=f"experiment-{h}", run_name=f"{cfg.tracking.experiment} {h}",
                             params=to_dict(cfg), tags={"gmptl.config_hash": h})  # fmt: skip
     run.log_manifest(prep.manifest_path, len(prep.df), config_hash(cfg.data), "cross-validation")
-    return run
+    return run.with_outbox(outbox.path)
+
+
+def close_parent_run(parent: Any, cfg: Config, report: dict[str, Any] | None) -> None:
+    """The run report's metrics and files on the parent run, then its end, in that order through the run's
+    outbox: what MLflow does not take now waits in the run folder for the next run of this config."""
+    entries = []
+    if report is not None:
+        folder = paths.run_dir(cfg)
+        entries.append(
+            parent.metrics_entry({k: report[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std")}, 0)
+        )
+        # Per fold under its own keys: one key logged at several steps would show the last fold's value.
+        for f in report["folds"]:
+            tag = f"fold{f['fold']}" + (f"_seed{f['seed']}" if cfg.seeds is not None else "")
+            entries.append(
+                parent.metrics_entry({f"{tag}_test_war": f["war"], f"{tag}_test_uar": f["uar"]}, 0)
+            )
+        entries += [parent.artifact_entry(f) for f in sorted(folder.iterdir())
+                    if f.suffix in (".json", ".md", ".png", ".yaml")]  # fmt: skip
+    parent.defer(
+        *entries, parent.status_entry("FINISHED")
+    )  # a run stopped early (--until) ends with what ran
+    parent.outbox.send_or_keep(parent.uri, "when this config runs again")
 
 
 def plan(cfg: Config, until: str | list[str] = "evaluate") -> list[str]:
@@ -215,17 +241,7 @@ def _collect(cfg: Config, prep: Prepared, folds: list[Fold], status: dict[str, s
     entries = [got["evaluate"] for got in results if "evaluate" in got]
     report = _report(cfg, prep, folds, entries, trained, [got["label"] for got in results if "label" in got])
     if parent is not None:
-        if report is not None:
-            folder = paths.run_dir(cfg)
-            parent.log_metrics({k: report[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std")}, step=0)
-            # Per fold under its own keys: one key logged at several steps would show the last fold's value.
-            for f in report["folds"]:
-                tag = f"fold{f['fold']}" + (f"_seed{f['seed']}" if cfg.seeds is not None else "")
-                parent.log_metrics({f"{tag}_test_war": f["war"], f"{tag}_test_uar": f["uar"]}, step=0)
-            for f in sorted(folder.iterdir()):
-                if f.suffix in (".json", ".md", ".png", ".yaml"):
-                    parent.log_artifact(f)
-        parent.finish()  # a run stopped early (--until) ends with what ran
+        close_parent_run(parent, cfg, report)
     log.info("run %s: %s", config_hash(cfg), status)
     return RunOutputs(prep.corpus_root, prep.manifest_path, prep.folds_path, prep.summary,
                       fold_table(prep.df, prep.folds), status, list(extract.values()), trained, report)  # fmt: skip

@@ -482,6 +482,24 @@ class Outbox:
         log.info("MLflow: sent %d entries (%d metric points) that waited in %s", sent, points, self.path)
         return True
 
+    def send_or_keep(self, uri: str, later: str) -> bool:
+        """Send what waits and remove the file; or warn how much still waits, and that it is sent ``later``
+        ("when this stage runs again"). True when everything went."""
+        if self.flush(uri):
+            self.clear()
+            return True
+        log.warning("MLflow at %s did not answer: %d entries wait in %s; they are sent %s (until then the run "
+                    "reads RUNNING)", redact_uri(uri), self.counts()["waiting"], self.path, later)  # fmt: skip
+        return False
+
+    def settle(self, uri: str) -> bool:
+        """Before a rerun continues a run: send what an earlier attempt left, except the end it could not
+        send (the rerun ends the run itself). An unreachable server leaves everything for later."""
+        if self.read()[0] and not self.flush(uri, supersede_status=True):
+            return False
+        self.path.unlink(missing_ok=True)
+        return True
+
     def clear(self) -> None:
         """Remove the file once nothing waits (its counts go with it)."""
         if self.read()[0]:
@@ -564,12 +582,18 @@ class Run:
         self._deliver({"op": "params", "params": {k: v if credential_kind(v, k) is None else REDACTED
                                                   for k, v in flat.items()}})  # fmt: skip
 
-    def log_metrics(self, values: dict[str, float], step: int) -> None:
-        """``values`` at ``step``, stamped now (a point sent later keeps this time); NaN values are left out."""
+    @staticmethod
+    def metrics_entry(values: dict[str, float], step: int) -> dict[str, Any]:
+        """The outbox entry of ``values`` at ``step``, stamped now (a point sent later keeps this time); NaN
+        values are left out."""
         now = int(time.time() * 1000)
-        self._deliver(
-            {"op": "metrics", "metrics": [[k, float(v), now, int(step)] for k, v in values.items() if v == v]}
-        )
+        return {
+            "op": "metrics",
+            "metrics": [[k, float(v), now, int(step)] for k, v in values.items() if v == v],
+        }
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        self._deliver(self.metrics_entry(values, step))
 
     @staticmethod
     def artifact_entry(path: str | Path, artifact_path: str | None = None) -> dict[str, Any]:

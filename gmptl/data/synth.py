@@ -35,12 +35,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import socket
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -322,16 +320,9 @@ def _remove_dead_partials(root: Path) -> None:
 
 
 def synthesize_corpus(
-    out: str | Path,
-    cfg: SynthConfig,
-    name: str = "--out",
-    hint: str | None = None,
-    workers: int | None = None,
+    out: str | Path, cfg: SynthConfig, name: str = "--out", hint: str | None = None
 ) -> SynthResult:
     """Write the corpus described in the module docstring; deterministic in ``cfg``.
-
-    ``workers`` processes synthesise the utterances (None: one per available core; a corpus under
-    ``PARALLEL_MIN_UTTERANCES`` is written in this process); the files are the same for any number.
 
     Nothing is written when ``out`` holds this corpus already (``cached`` is then True); a folder
     holding anything else is refused (:func:`holds_synthetic_corpus`, whose ``name`` and ``hint``
@@ -346,7 +337,7 @@ def synthesize_corpus(
     tmp = root.parent / f"{_partial_prefix(root)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        res = _write_corpus(tmp, cfg, workers)
+        res = _write_corpus(tmp, cfg)
         try:
             os.replace(tmp, root)  # atomic; replaces an empty folder
         except OSError:
@@ -360,105 +351,67 @@ def synthesize_corpus(
     return replace(res, root=Path(out))
 
 
-# Below this many utterances the corpus is written in-process: starting worker processes costs more.
-PARALLEL_MIN_UTTERANCES = 200
-
-
-def _plan(cfg: SynthConfig) -> list[tuple[Speaker, str, int, int]]:
-    """(speaker, labelled emotion, index within the speaker, global index) of every utterance, in order."""
+def _write_corpus(root: Path, cfg: SynthConfig) -> SynthResult:
     speakers = make_speakers(cfg)
     n_spk = len(speakers)
     # Balanced emotions per speaker, shuffled with the seed.
     per_speaker = [cfg.n_utterances // n_spk + (i < cfg.n_utterances % n_spk) for i in range(n_spk)]
-    plan = []
+    label_lines: dict[tuple[int, str], list[str]] = {}
+    segments_out = []
+    n_changing = n_clipped = 0
+    total_s = 0.0
     utt_index = 0
     for spk, n_utt in zip(speakers, per_speaker, strict=True):
         rng_plan = np.random.default_rng([cfg.seed, 2_000_000 + utt_index])
         labels = [EMOTIONS[i % 4] for i in range(n_utt)]
         rng_plan.shuffle(labels)
         for j, label in enumerate(labels):
-            plan.append((spk, label, j, utt_index))
+            rng = np.random.default_rng([cfg.seed, utt_index])
             utt_index += 1
-    return plan
-
-
-def _write_utterance(root: Path, cfg: SynthConfig, spk: Speaker, label: str, j: int, utt_index: int) -> dict:
-    """Synthesise and write one utterance; what the label files and the report need of it.
-
-    Every random draw comes from the utterance's own generator, so utterances can be written in any order
-    or process and the corpus is the same.
-    """
-    rng = np.random.default_rng([cfg.seed, utt_index])
-    emotions = [label]
-    changing = rng.random() < cfg.change_fraction
-    if changing:
-        other = [e for e in EMOTIONS if e != label][int(rng.integers(3))]
-        # The labelled emotion covers most of the utterance (change at 35% or 65%).
-        first_is_label = rng.random() < 0.5
-        emotions = [label, other] if first_is_label else [other, label]
-        change_at = 0.65 if first_is_label else 0.35
-    else:
-        change_at = 0.5
-    wave, segs = synthesize_utterance(spk, emotions, cfg.emotion_strength, rng, change_at=change_at)
-    peak = float(np.abs(wave).max())
-    clipped = peak > 0.99
-    if clipped:
-        wave *= 0.99 / peak
-    # Dialogs of 10 turns per speaker; ids follow IEMOCAP: <dialog>_<speaker gender><NNN>.
-    d = j // 10
-    kind = f"impro{d + 1:02d}" if d % 2 == 0 else f"script{d + 1:02d}_1"
-    dialog = f"Ses{spk.session:02d}{'F' if d % 2 == 0 else 'M'}_{kind}"
-    utt_id = f"{dialog}_{spk.gender}{j % 10:03d}"
-    wav_path = root / f"Session{spk.session}" / "sentences" / "wav" / dialog / f"{utt_id}.wav"
-    wav_path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(wav_path, wave, SAMPLE_RATE_HZ, subtype="PCM_16")
-    code = IEMOCAP_CODE[label]
-    if label == "happy" and rng.random() < 1 / 3:
-        code = "exc"  # exercised by the default map (exc merged into happy)
-    vad = [x + rng.normal(0, 0.3) for x in VAD[label]]
-    return {"session": spk.session, "dialog": dialog, "utt_id": utt_id, "label": label, "code": code,
-            "vad": vad, "dur": len(wave) / SAMPLE_RATE_HZ, "segs": segs, "changing": changing,
-            "clipped": clipped}  # fmt: skip
-
-
-def _write_one(args: tuple) -> dict:
-    return _write_utterance(*args)
-
-
-def _write_corpus(root: Path, cfg: SynthConfig, workers: int | None = None) -> SynthResult:
-    plan = _plan(cfg)
-    tasks = [(root, cfg, *p) for p in plan]
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if workers > 1 and len(tasks) >= PARALLEL_MIN_UTTERANCES:
-        # spawn: the caller may hold threads (a fork would copy their locks mid-use).
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            made = list(pool.map(_write_one, tasks, chunksize=16))
-    else:
-        made = [_write_one(t) for t in tasks]
-    label_lines: dict[tuple[int, str], list[str]] = {}
-    segments_out = []
-    for m in made:  # in plan order: each dialog's turn times follow its turns
-        v, a, dd = m["vad"]
-        lines = label_lines.setdefault((m["session"], m["dialog"]), [])
-        start = 1.0 + 4.0 * len(lines)
-        lines.append(
-            f"[{start:.4f} - {start + m['dur']:.4f}]\t{m['utt_id']}\t{m['code']}\t[{v:.4f}, {a:.4f}, {dd:.4f}]\n"
-            f"C-E1:\t{m['label'].capitalize()};\t()\nC-E2:\t{m['label'].capitalize()};\t()\n"
-            f"A-E1:\tval {round(v)}; act {round(a)}; dom  {round(dd)};\t()\n"
-        )
-        segments_out.append(
-            {
-                "utt_id": m["utt_id"],
-                "segments": [
-                    {"start_s": round(s, 4), "end_s": round(e, 4), "emotion": em} for s, e, em in m["segs"]
-                ],
-            }
-        )
-    n_changing = sum(m["changing"] for m in made)
-    n_clipped = sum(m["clipped"] for m in made)
-    total_s = sum(m["dur"] for m in made)
-    utt_index = len(made)
+            emotions = [label]
+            if rng.random() < cfg.change_fraction:
+                other = [e for e in EMOTIONS if e != label][int(rng.integers(3))]
+                # The labelled emotion covers most of the utterance (change at 35% or 65%).
+                first_is_label = rng.random() < 0.5
+                emotions = [label, other] if first_is_label else [other, label]
+                change_at = 0.65 if first_is_label else 0.35
+                n_changing += 1
+            else:
+                change_at = 0.5
+            wave, segs = synthesize_utterance(spk, emotions, cfg.emotion_strength, rng, change_at=change_at)
+            peak = float(np.abs(wave).max())
+            if peak > 0.99:
+                wave *= 0.99 / peak
+                n_clipped += 1
+            # Dialogs of 10 turns per speaker; ids follow IEMOCAP: <dialog>_<speaker gender><NNN>.
+            d = j // 10
+            kind = f"impro{d + 1:02d}" if d % 2 == 0 else f"script{d + 1:02d}_1"
+            dialog = f"Ses{spk.session:02d}{'F' if d % 2 == 0 else 'M'}_{kind}"
+            utt_id = f"{dialog}_{spk.gender}{j % 10:03d}"
+            wav_path = root / f"Session{spk.session}" / "sentences" / "wav" / dialog / f"{utt_id}.wav"
+            wav_path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(wav_path, wave, SAMPLE_RATE_HZ, subtype="PCM_16")
+            dur = len(wave) / SAMPLE_RATE_HZ
+            total_s += dur
+            code = IEMOCAP_CODE[label]
+            if label == "happy" and rng.random() < 1 / 3:
+                code = "exc"  # exercised by the default map (exc merged into happy)
+            v, a, dd = (x + rng.normal(0, 0.3) for x in VAD[label])
+            lines = label_lines.setdefault((spk.session, dialog), [])
+            start = 1.0 + 4.0 * len(lines)
+            lines.append(
+                f"[{start:.4f} - {start + dur:.4f}]\t{utt_id}\t{code}\t[{v:.4f}, {a:.4f}, {dd:.4f}]\n"
+                f"C-E1:\t{label.capitalize()};\t()\nC-E2:\t{label.capitalize()};\t()\n"
+                f"A-E1:\tval {round(v)}; act {round(a)}; dom  {round(dd)};\t()\n"
+            )
+            segments_out.append(
+                {
+                    "utt_id": utt_id,
+                    "segments": [
+                        {"start_s": round(s, 4), "end_s": round(e, 4), "emotion": em} for s, e, em in segs
+                    ],
+                }
+            )
     for (session, dialog), lines in sorted(label_lines.items()):
         f = root / f"Session{session}" / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
         f.parent.mkdir(parents=True, exist_ok=True)

@@ -234,12 +234,7 @@ def fit_stage(
 
 def _send_outbox(outbox: tracking.Outbox, uri: str) -> None:
     """Send what waits in a stage's outbox and remove it, or say how much still waits and until when."""
-    if outbox.flush(uri):
-        outbox.clear()
-    else:
-        log.warning("MLflow at %s did not answer: %d entries wait in %s; they are sent when this stage runs "
-                    "again (until then its run reads RUNNING)", tracking.redact_uri(uri),
-                    outbox.counts()["waiting"], outbox.path)  # fmt: skip
+    outbox.send_or_keep(uri, "when this stage runs again")
 
 
 def settle_outbox(cfg: Config, out: Path) -> None:

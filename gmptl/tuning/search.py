@@ -58,7 +58,7 @@ from gmptl.config import Config, absolutize, config_hash_of, save_config, to_dic
 from gmptl.errors import ConfigError
 from gmptl.tuning.space import SearchSpace, load_space, plan
 from gmptl.tuning.summary import parallel_coordinates_png, summarize
-from gmptl.tuning.trial import SearchError, run_trial, trial_params, trial_run_key, trial_tags
+from gmptl.tuning.trial import SearchError, run_trial, trial_outbox, trial_params, trial_run_key, trial_tags
 from gmptl.tuning.trials import OBJECTIVE, derive_concurrency
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,14 @@ def run_search(config: str | Path | None, space_file: str | Path, sets: list[str
     if cfg.tracking.enabled:
         uri = tracking.resolve_uri(cfg)
         tracking.check_reachable(uri)
+        # What the end of an earlier run of this search could not send goes first.
+        tracking.Outbox(folder / paths.MLFLOW_OUTBOX).settle(uri)
         # Created here, before any trial: this also creates the experiment (no race between trials).
         parent = tracking.Run.open(cfg.tracking, uri, run_key=f"tune-{name}", run_name=f"tune {name}",
                                    params={"tune": to_dict(tc), "space": space.as_dict()["params"],
                                            "base": to_dict(cfg)},
                                    tags={"gmptl.tune.search": name, "gmptl.tune.space": str(space.path)})  # fmt: skip
+        parent = parent.with_outbox(folder / paths.MLFLOW_OUTBOX)
 
     concurrency = derive_concurrency(cfg, len(folds), ray.cluster_resources(), bool(trial_steps))
     log.info("search %s: %d trials, %d at once, folds %s, searcher %s, ASHA grace %d rf %d", name,
@@ -275,27 +278,32 @@ def run_search(config: str | Path | None, space_file: str | Path, sets: list[str
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     png = parallel_coordinates_png(summary, space, folder / "parallel_coordinates.png")
     if parent is not None:
-        _close_runs(cfg, space, summary, folds, parent)
+        # An outage here must not lose the search: what MLflow does not take waits in the search folder.
+        tracking.best_effort(
+            "the trials' final status", _close_runs, cfg, space, summary, folds, parent, folder
+        )
         files = [folder / "summary.json", png, folder / "space.yaml"] + ([best_yaml] if best_yaml else [])
-        for f in files:
-            parent.log_artifact(f)
-        parent.log_metrics({k: summary[k] for k in ("n_trials", "n_stopped_early", "n_failed", "epochs_run",
-                                                     "epochs_budget", "compute_saved")}, step=0)  # fmt: skip
+        entries = [parent.artifact_entry(f) for f in files]
+        entries.append(parent.metrics_entry({k: summary[k] for k in ("n_trials", "n_stopped_early", "n_failed",
+                                             "epochs_run", "epochs_budget", "compute_saved")}, 0))  # fmt: skip
         if summary["best"] is not None:
-            parent.log_metrics({f"best_{OBJECTIVE}": summary["best"][OBJECTIVE]}, step=0)
-            parent.set_tags({"gmptl.tune.best_trial": summary["best"]["trial_id"]})
-        parent.finish()
+            entries.append(parent.metrics_entry({f"best_{OBJECTIVE}": summary["best"][OBJECTIVE]}, 0))
+            entries.append(parent.tags_entry({"gmptl.tune.best_trial": summary["best"]["trial_id"]}))
+        parent.defer(*entries, parent.status_entry("FINISHED"))
+        parent.outbox.send_or_keep(parent.uri, "when this search runs again")
     if summary["best"] is None:
         raise SearchError(f"search {name}: no trial reported a score; see {exp_dir} for the trials' errors")
     return SearchOutputs(folder, summary, best_yaml, uri, parent.run_id if parent else None)
 
 
 def _close_runs(cfg: Config, space: SearchSpace, summary: dict[str, Any], folds: list[int],
-                parent: tracking.Run) -> None:  # fmt: skip
+                parent: tracking.Run, folder: Path) -> None:  # fmt: skip
     """Final status of each trial's run (and of the stage runs a stopped trial left RUNNING)."""
     status = {"completed": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
     uri = parent.uri
     for t in summary["trials"]:
+        # The epochs MLflow missed while the trial ran wait in its outbox (not the end: it is set here).
+        tracking.Outbox(trial_outbox(folder, t["trial_id"])).settle(uri)
         run = tracking.Run.open(cfg.tracking, uri, run_key=trial_run_key(summary["name"], t["trial_id"]),
                                 run_name=f"trial {t['trial_id']}", params=trial_params(t["params"], t["trial_id"], folds),
                                 tags=trial_tags(summary["name"], t["trial_id"]), parent=parent)  # fmt: skip

@@ -29,6 +29,11 @@ class SearchError(GmptlError):
     """A search could not run to the end (a trial failed, or it was interrupted)."""
 
 
+def trial_outbox(folder: str | Path, trial_id: str) -> Path:
+    """Where a trial's MLflow entries wait while the server is down: beside its marker in the search folder."""
+    return Path(folder) / "trials" / f"{paths.safe_name(trial_id)}.{paths.MLFLOW_OUTBOX}"
+
+
 def trial_run_key(search: str, trial_id: str) -> str:
     """The MLflow run key of a trial (opened by the trial, closed by the driver)."""
     return f"tune-{search}-{trial_id}"
@@ -78,6 +83,7 @@ def run_trial(params: dict[str, Any], job: dict[str, Any]) -> None:
         run = tracking.Run.open(cfg.tracking, uri, run_key=trial_run_key(name, trial_id),
                                 run_name=f"trial {trial_id}", params=trial_params(space.decode(params), trial_id, folds),
                                 tags=trial_tags(name, trial_id), parent=tracking.Run(uri, job["mlflow"]["parent"]))  # fmt: skip
+        run = run.with_outbox(trial_outbox(job["folder"], trial_id))  # an outage does not end the trial
     if job["trial_steps"]:  # the space changes steps before the stage: this trial computes its own
         upstream = steps.upstream(cfg, stage)
         with locks.hold(cfg, [d for f in folds for d in steps.folders(cfg, f, upstream)]):

@@ -25,11 +25,9 @@ def corpus(tmp_path_factory):
     return root, res
 
 
-def test_deterministic_from_seed(corpus, tmp_path, monkeypatch):
+def test_deterministic_from_seed(corpus, tmp_path):
     root, _ = corpus
-    monkeypatch.setattr("gmptl.data.synth.PARALLEL_MIN_UTTERANCES", 0)
-    # written by two worker processes (the fixture's in this one): the same files
-    synthesize_corpus(tmp_path / "again", SynthConfig(n_utterances=80, seed=3), workers=2)
+    synthesize_corpus(tmp_path / "again", SynthConfig(n_utterances=80, seed=3))
     synthesize_corpus(tmp_path / "other", SynthConfig(n_utterances=80, seed=4))
     assert _digest(tmp_path / "again") == _digest(root)
     assert _digest(tmp_path / "other") != _digest(root)

@@ -239,6 +239,30 @@ def test_test_metrics_wait_in_the_test_folder_while_mlflow_is_down(mlflow, tmp_p
     assert not (out / paths.MLFLOW_OUTBOX).exists()
 
 
+def test_a_run_ending_while_mlflow_is_down_is_completed_by_the_next_run_of_its_config(mlflow, tmp_path):
+    """The parent run's report metrics, files and end wait in the run folder; the next run of the config sends
+    the metrics and files first and does not end the run it continues (it ends it itself)."""
+    from gmptl.experiment import close_parent_run
+
+    run, switch = mlflow
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out'}", f"tracking.uri={run.uri}"])
+    folder = paths.run_dir(cfg)
+    files.write_json(folder / "report.json", {"uar_mean": 0.5})
+    parent = tracking.Run(run.uri, run.run_id).with_outbox(folder / paths.MLFLOW_OUTBOX)
+    report = {"war_mean": 0.5, "war_std": 0.1, "uar_mean": 0.55, "uar_std": 0.05,
+              "folds": [{"fold": 0, "war": 0.5, "uar": 0.55}]}  # fmt: skip
+    switch.mode = "down"
+    close_parent_run(parent, cfg, report)  # nothing raises: the work is on disk
+    assert [e["op"] for e in parent.outbox.read()[0]] == ["metrics", "metrics", "artifact", "status"]
+    switch.mode = "up"
+    assert tracking.Outbox(folder / paths.MLFLOW_OUTBOX).settle(run.uri)
+    got = switch.client.get_run(run.run_id)
+    assert got.data.metrics["uar_mean"] == 0.55 and got.data.metrics["fold0_test_uar"] == 0.55
+    assert {a.path for a in switch.client.list_artifacts(run.run_id)} == {"report.json"}
+    assert got.info.status == "RUNNING"  # the end was superseded: the continuing run ends it
+    assert not (folder / paths.MLFLOW_OUTBOX).exists()
+
+
 def test_outbox_entries_hold_no_tracking_uri_and_no_credentials(mlflow):
     run, switch = mlflow
     switch.mode = "down"
