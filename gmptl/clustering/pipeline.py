@@ -166,6 +166,10 @@ class PartLostError(GmptlError, RuntimeError):
     """A k-means actor died (its process killed) more often than ``runtime.actor_restarts`` allows."""
 
 
+class LabellingError(GmptlError, RuntimeError):
+    """The labelling pass stopped (a lost node or actor past its restarts, a task error)."""
+
+
 class _Replaced(Exception):
     """A part's actor was replaced during a call that builds on state of earlier calls (a seeding)."""
 
@@ -561,7 +565,14 @@ def assign_labels(
         # alone leaves in place (measured: without it the actors outlived the error).
         del ds
         gc.collect()
-        raise failed
+        if isinstance(failed, GmptlError):
+            raise failed
+        raise LabellingError(
+            f"frame labelling of {len(shards)} feature shards into {out} stopped ({type(failed).__name__}): an actor "
+            f"or node lost more often than runtime.actor_restarts={runtime.actor_restarts} allows, or a shard "
+            f"that cannot be labelled. The codebooks and features are kept: run the same command again. "
+            f"Cause: {str(failed).strip()[:600]}"
+        ) from failed
     # The label count of every utterance must equal its feature frame count.
     for shard, group in index.groupby("shard"):
         for k in centroids:

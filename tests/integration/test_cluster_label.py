@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gmptl.clustering import kmeans
-from gmptl.clustering.labels import LabelStore
-from gmptl.clustering.pipeline import assign_labels, fit_codebooks
+from gmptl.clustering.labels import LabelStore, label_shard
+from gmptl.clustering.pipeline import LabellingError, assign_labels, fit_codebooks
 from gmptl.config import load_config
 from gmptl.data.folds import make_folds
 from gmptl.features import store
@@ -121,3 +121,16 @@ def test_a_failed_fit_leaves_no_actor_holding_cpus(extracted, tmp_path):
     while ray.available_resources().get("CPU", 0.0) < free and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0.0) >= free  # the actors' CPUs came back
+
+
+def test_a_labelling_pass_that_fails_says_what_is_kept_and_what_to_do(extracted, tmp_path):
+    feat_dir, cfg, df, fold = extracted
+    train = fold.select(df, "train").utt_id.tolist()
+    centroids = {4: np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)}
+    out = tmp_path / "l"
+    for shard in range(64):  # a folder where each label shard goes: every write fails
+        label_shard(out, shard, 4).mkdir(parents=True)
+    parts = __import__("pandas").Series("train", index=train)
+    with pytest.raises(LabellingError, match=r"frame labelling of \d+ feature shards into .* stopped") as err:
+        assign_labels(feat_dir, centroids, 2, parts, cfg.clustering, cfg.runtime, out)
+    assert "run the same command again" in str(err.value) and str(out) in str(err.value)
