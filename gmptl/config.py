@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import threading
 import types
@@ -108,6 +109,20 @@ class DataConfig(_Section):
     )
     num_workers: int = Field(0, ge=0, description="Threads that decode audio in prepare; 0 = one per CPU.")
     synth: SynthConfig = Field(default_factory=SynthConfig)
+
+    @field_validator("metadata_file", "speaker_table")
+    @classmethod
+    def _inside_root(cls, value: str | None, info: Any) -> str | None:
+        """Relative to root and staying under it: a corpus config never reads files outside its corpus."""
+        if value is None:
+            return value
+        norm = posixpath.normpath(value.replace("\\", "/"))
+        if posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
+            raise ValueError(
+                f"data.{info.field_name}={value!r} leaves the corpus root: give a path relative to data.root, "
+                "inside it (copy or link the file into the corpus folder)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _root_required(self) -> DataConfig:

@@ -66,7 +66,10 @@ SKIP_DIRS = frozenset({"__pycache__", "mlruns", "mlartifacts", "ray_results", "c
                        "wandb", "lightning_logs", "node_modules", "synthetic_corpus"})  # fmt: skip
 SECRET_PATTERNS = (".env", ".env.*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
                    "*.kdbx", "credentials*", "*credentials*.json", "*secret*", "id_rsa*", "id_dsa*",
-                   "id_ecdsa*", "id_ed25519*", ".netrc", ".pypirc", ".git-credentials", "auth_token")  # fmt: skip
+                   "id_ecdsa*", "id_ed25519*", ".netrc", ".pypirc", ".git-credentials", "auth_token",
+                   "*api_key*", "*api-key*", "*apikey*", "*_token*", "*-token*", "token", "token.*",
+                   "*password*", "*passwd*", "service_account*", "service-account*", "*_key.json", "*-key.json",
+                   "kubeconfig*")  # fmt: skip
 DATA_PATTERNS = ("*.wav", "*.flac", "*.mp3", "*.ogg", "*.opus", "*.m4a", "*.sph", "*.parquet", "*.arrow",
                  "*.feather", "*.npy", "*.npz", "*.h5", "*.hdf5", "*.csv", "*.tsv", "*.jsonl", "*.pt",
                  "*.pth", "*.ckpt", "*.bin", "*.safetensors", "*.onnx", "*.pkl", "*.pickle", "*.joblib",

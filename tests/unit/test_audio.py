@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -36,6 +38,7 @@ def test_flac_and_native_rate(tmp_path):
             "NaN/inf",
         ),
         (lambda p: sf.write(p, np.array([0.1, np.inf] * 100, np.float32), 16000, subtype="FLOAT"), "NaN/inf"),
+        (lambda p: os.mkfifo(p), "not a regular file"),  # reading a pipe would block for ever
     ],
 )
 def test_bad_audio_is_an_error_naming_the_file(tmp_path, make, reason):

@@ -166,6 +166,15 @@ def test_a_seed_listed_twice_is_rejected():
     assert load_config(None, ["seeds=[0, 1]"]).seeds == [0, 1]
 
 
+@pytest.mark.parametrize("key", ["metadata_file", "speaker_table"])
+@pytest.mark.parametrize("value", ["../labels.csv", "/etc/labels.csv", "a/../../labels.csv", "..\\x.csv"])
+def test_metadata_and_speaker_tables_stay_inside_the_corpus_root(key, value):
+    with pytest.raises(ConfigError, match=rf"data.{key}=.* leaves the corpus root"):
+        load_config(None, ["data.corpus=generic", "data.root=/data/c", f"data.{key}={value}"])
+    ok = load_config(None, ["data.corpus=generic", "data.root=/data/c", f"data.{key}=meta/../labels.csv"])
+    assert getattr(ok.data, key) == "meta/../labels.csv"
+
+
 def test_a_malformed_set_value_is_a_config_error_naming_it():
     with pytest.raises(ConfigError, match=r"--set 'clustering.k=\[64, 512': the value is not valid YAML"):
         load_config(None, ["clustering.k=[64, 512"])

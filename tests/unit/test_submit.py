@@ -43,6 +43,13 @@ def fake_repo(tmp_path):
         "jobs/credentials.json": "secret",
         "jobs/id_rsa": "secret",
         "tune_spaces/server.pem": "secret",
+        "jobs/api_keys.yaml": "secret",
+        "jobs/service_account.json": "secret",
+        "jobs/gcp-key.json": "secret",
+        "jobs/kubeconfig.yaml": "secret",
+        "jobs/hf_token.txt": "secret",
+        "tune_spaces/token.txt": "secret",
+        "jobs/password.txt": "secret",
         "jobs/speech.wav": "data/model",
         "jobs/labels.csv": "data/model",
         "gmptl/data/manifest.parquet": "data/model",
@@ -82,7 +89,7 @@ def test_staging_ships_code_and_config_but_no_data_caches_or_secrets(fake_repo, 
     assert not any("do-not-ship" in p.read_text(errors="replace") for p in st.root.rglob("*") if p.is_file())
     assert st.total_bytes == sum(p.stat().st_size for p in st.root.rglob("*") if p.is_file())
     summary = st.summary()
-    assert summary.startswith("working_dir: 8 files") and "5 secret" in summary and "7 data/model" in summary
+    assert summary.startswith("working_dir: 8 files") and "12 secret" in summary and "7 data/model" in summary
     # the staged config is the resolved one, joining the job's own cluster
     staged = load_config(st.root / st.config)
     assert staged == cfg and staged.runtime.address == "auto"
