@@ -128,6 +128,11 @@ def _wav_truncation(path: Path) -> str | None:
     return "truncated: no data chunk before end of file"
 
 
+# The largest sample magnitude accepted in a floating-point file (12 dB over full scale): room for files a
+# float pipeline left slightly over 1, none for integers written as floats (up to 32768).
+MAX_ABS_SAMPLE = 4.0
+
+
 def _stat(path: Path) -> os.stat_result:
     """``os.stat`` of a file that must be a regular file; every failure is an :class:`AudioError`."""
     try:
@@ -186,6 +191,15 @@ def _decode(path: Path, bounds: AudioBounds | None) -> tuple[np.ndarray, int]:
     if not np.isfinite(data).all():
         n_bad = int((~np.isfinite(data)).sum())
         raise AudioError(path, f"{n_bad} NaN/inf samples")
+    peak = float(np.abs(data).max())
+    if peak > MAX_ABS_SAMPLE:
+        # Only floating-point files can hold these (PCM decodes into [-1, 1)): integer samples stored as
+        # floats, or a gain gone wrong. Input scaling would hide it, so it is an error, not a silent fix.
+        raise AudioError(
+            path,
+            f"samples up to {peak:.4g} in magnitude: floating-point audio must lie within [-1, 1] (up to "
+            f"{MAX_ABS_SAMPLE:g} is accepted); rescale the file",
+        )
     bounds.check(path, int(sr), int(data.shape[0]))  # what was decoded, for formats whose header estimates
     return data, int(sr)
 

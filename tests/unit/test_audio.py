@@ -39,6 +39,10 @@ def test_flac_and_native_rate(tmp_path):
         ),
         (lambda p: sf.write(p, np.array([0.1, np.inf] * 100, np.float32), 16000, subtype="FLOAT"), "NaN/inf"),
         (lambda p: os.mkfifo(p), "not a regular file"),  # reading a pipe would block for ever
+        (
+            lambda p: sf.write(p, np.array([0.1, -20000.0] * 100, np.float32), 16000, subtype="FLOAT"),
+            r"samples up to 2e\+04 in magnitude",
+        ),  # integers stored as floats
     ],
 )
 def test_bad_audio_is_an_error_naming_the_file(tmp_path, make, reason):
