@@ -20,6 +20,7 @@ import torch
 from gmptl.data.batching import length_batches
 from gmptl.models.backbone import frame_geometry
 from gmptl.models.factory import SERModel, load_model
+from gmptl.models.posconv import use_on_gpu
 from gmptl.training import data as tdata
 from gmptl.training import metrics
 
@@ -64,6 +65,7 @@ def evaluate_model(
     model, meta = load_model(model_dir)
     labels: list[str] = meta["labels"]
     model: SERModel = model.to(device)
+    use_on_gpu(model.backbone, device)
     geo = tdata.Geometry(*frame_geometry(model.backbone.config))
     ds = tdata.UtteranceDataset(items, sample_rate_hz, geo, None)
     n = len(items)

@@ -40,7 +40,7 @@ from gmptl.models.backbone import (
     truncate_to,
     uses_attention_mask,
 )
-from gmptl.models.posconv import use_fft_positional_conv
+from gmptl.models.posconv import use_fft_positional_conv, use_on_gpu
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -103,9 +103,9 @@ class FeatureExtractor:
         self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
         # On a GPU the positional convolution runs through FFTs (gmptl.models.posconv: cuDNN's kernels for
         # its shape dominate the pass otherwise); a model handed in is only switched when asked.
-        if fft_pos_conv is None:
-            fft_pos_conv = own_model and self.device.type == "cuda"
-        if fft_pos_conv:
+        if fft_pos_conv is None and own_model:
+            use_on_gpu(self.model, self.device)
+        elif fft_pos_conv:
             use_fft_positional_conv(self.model)
         self.model.to(self.device)
         self.geometry = conv_geometry(self.model)

@@ -46,6 +46,7 @@ from gmptl.models.factory import (
     load_model,
     read_model_json,
 )
+from gmptl.models.posconv import use_on_gpu
 from gmptl.paths import safe_name
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,7 @@ class Predictor:
         self.meta = meta
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model: SERModel = model.to(self.device)
+        use_on_gpu(self.model.backbone, self.device)
         self.sample_rate_hz = int(meta.get("sample_rate_hz", 16000))
         self.geometry = conv_geometry(model.backbone)
         self.frame_hop_s = self.geometry.hop / self.sample_rate_hz

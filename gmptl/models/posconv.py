@@ -91,3 +91,10 @@ def use_fft_positional_conv(model: nn.Module, enabled: bool = True) -> None:
 
 def uses_fft_positional_conv(model: nn.Module) -> bool:
     return "forward" in positional_conv(model).__dict__
+
+
+def use_on_gpu(model: nn.Module, device: str | torch.device) -> None:
+    """The FFT form wherever ``model`` runs on a GPU (where gmptl runs bf16 autocast and cuDNN's kernels for
+    this shape are slow); conv1d stays on the CPU, where it is the faster of the two."""
+    if torch.device(device).type == "cuda":
+        use_fft_positional_conv(model)

@@ -22,7 +22,7 @@ import torch
 from gmptl.config import Config
 from gmptl.data.batching import length_batches
 from gmptl.models.factory import build_model, configure_training
-from gmptl.models.posconv import use_fft_positional_conv
+from gmptl.models.posconv import use_on_gpu
 from gmptl.progress import epoch_line
 from gmptl.training import data as tdata
 from gmptl.training.checkpoint import load_checkpoint, save_checkpoint
@@ -86,10 +86,9 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     torch.manual_seed(stage_cfg.seed)  # heads: identical on every rank and on every restart
     model = build_model(cfg.model, stage.head_spec(), job.get("init_dir"))
     configure_training(model, stage_cfg)
-    if bf16:
-        # In bf16, cuDNN runs the positional convolution's shape (grouped, kernel 128) without tensor cores:
-        # it took half of an utterance-stage step on an H200. FFTs compute the same convolution in float32.
-        use_fft_positional_conv(model.backbone)
+    # In bf16, cuDNN runs the positional convolution's shape (grouped, kernel 128) without tensor cores: it
+    # took half of an utterance-stage step on an H200. FFTs compute the same convolution in float32.
+    use_on_gpu(model.backbone, device)
     geo = tdata.Geometry(*job["geometry"])
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     inner = model.module if hasattr(model, "module") else model

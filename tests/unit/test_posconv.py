@@ -12,6 +12,7 @@ from gmptl.models.posconv import (
     fft_conv1d,
     positional_conv,
     use_fft_positional_conv,
+    use_on_gpu,
     uses_fft_positional_conv,
 )
 
@@ -66,3 +67,11 @@ def test_fft_positional_conv_on_gpu_matches_cudnn_in_fp32():
     assert (got - ref).norm() / ref.norm() < 1e-4
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert fft_conv1d(x.bfloat16(), w, None, 64, 16).dtype == torch.bfloat16
+
+
+def test_the_fft_form_is_used_on_a_gpu_only():
+    model = build_backbone(ModelConfig(backbone="tiny"))
+    use_on_gpu(model, "cpu")
+    assert not uses_fft_positional_conv(model)
+    use_on_gpu(model, "cuda:0")  # switches the module; moving it to a GPU is the caller's business
+    assert uses_fft_positional_conv(model)
