@@ -495,7 +495,7 @@ class Outbox:
     def settle(self, uri: str) -> bool:
         """Before a rerun continues a run: send what an earlier attempt left, except the end it could not
         send (the rerun ends the run itself). An unreachable server leaves everything for later."""
-        if self.read()[0] and not self.flush(uri, supersede_status=True):
+        if not self.flush(uri, supersede_status=True):  # True at once when nothing waits
             return False
         self.path.unlink(missing_ok=True)
         return True
