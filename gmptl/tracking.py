@@ -479,7 +479,7 @@ class Outbox:
             self._done(e, how)
             sent += how != "dropped"
             points += len(e.get("metrics", ())) if how == "sent" else 0
-        log.info("MLflow: sent %d entries (%d metric points) that waited in %s", sent, points, self.path)
+        log.debug("MLflow: sent %d entries (%d metric points) that waited in %s", sent, points, self.path)
         return True
 
     def send_or_keep(self, uri: str, later: str) -> bool:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -74,6 +75,10 @@ class StepChoice(click.Choice):
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+MLFLOW_LEVEL_ENV = "MLFLOW_LOGGING_LEVEL"
+_USER_MLFLOW_LEVEL = os.environ.get(MLFLOW_LEVEL_ENV)
+
+
 class _ConsoleFilter(logging.Filter):
     """The terminal shows gmptl's own INFO lines and every library's warnings (everything with -v)."""
 
@@ -108,6 +113,10 @@ def setup_logging(verbose: bool) -> None:
     # only (Ray Data's progress tables, "Started a local Ray instance", database migrations).
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if _USER_MLFLOW_LEVEL is None:
+        # MLflow sets its logger's level again when it is first imported, after this: its own variable
+        # is what it reads then (a value the user set wins).
+        os.environ[MLFLOW_LEVEL_ENV] = "DEBUG" if verbose else "WARNING"
 
 
 def verbose() -> bool:

@@ -70,5 +70,14 @@ def label_quality(
                 row |= purity_nmi(table)
             quality.setdefault(str(k), {})[part_name] = row
             all_counts.setdefault(str(k), {})[part_name] = counts.tolist()
-            log.info("fold labels k=%d %s: %s", k, part_name, {a: round(b, 3) for a, b in row.items()})
+            log.debug("fold labels k=%d %s: %s", k, part_name, {a: round(b, 3) for a, b in row.items()})
+    # One line on the terminal: what the training frames' labels look like at each K.
+    log.info("labels in %s: %s", folder, "; ".join(_summary(k, q.get("train")) for k, q in quality.items()))
     return quality, all_counts
+
+
+def _summary(k: str, row: dict[str, Any] | None) -> str:
+    if row is None:
+        return f"K={k}"
+    nmi = f", NMI {row['nmi']:.3f} with the frame emotions" if "nmi" in row else ""
+    return f"K={k} {row['clusters_used']} clusters used, entropy {row['entropy_norm']:.2f}{nmi}"

@@ -246,7 +246,7 @@ class _Parts:
 
     def _loaded(self, i: int, reply: tuple[int, int, int]) -> tuple[int, int]:
         n, total, pid = reply
-        log.info("k-means %s: %d of %d frames loaded, actor pid %d", self.names[i], n, total, pid)
+        log.debug("k-means %s: %d of %d frames loaded, actor pid %d", self.names[i], n, total, pid)
         return n, total
 
     def _replace(self, i: int, err: Exception) -> tuple[int, int]:
@@ -348,7 +348,7 @@ def _seed_codebook(parts: _Parts, k: int, cfg: ClusterConfig, loaded: list[tuple
         centroids = kmeans.kmeanspp_seed(
             call, sizes, k, rng, n_local_trials=trials, starts=cfg.init_starts, on_start=potentials.append
         )
-        log.info("k=%d seeding potential of each start: %s", k, ", ".join(f"{p:.6g}" for p in potentials))
+        log.debug("k=%d seeding potential of each start: %s", k, ", ".join(f"{p:.6g}" for p in potentials))
         n_examined, n_full = np.sum(call("pruning", [()] * len(loaded)), axis=0)
         examined = float(n_examined / max(n_full, 1))
     return _Seeded(rng, centroids, sizes, potentials, examined)
@@ -446,7 +446,7 @@ def fit_codebooks(
                 seeded.centroids,
                 cfg.n_iter,
                 seeded.rng,
-                on_iter=lambda r, k=k: log.info(
+                on_iter=lambda r, k=k: log.debug(
                     "k=%d iter %d objective %.6g imbalance %.3f reseeded %d",
                     k,
                     r["iter"],
@@ -471,6 +471,11 @@ def fit_codebooks(
                 "seed_s": t_k - t_seed,
                 "fit_s": time.perf_counter() - t_k,
             }
+            # Per iteration at DEBUG (the run's log file); the terminal gets one line per codebook.
+            log.info("k=%d: %d iterations, objective %.6g -> %.6g, %d clusters used, imbalance %.3f (%.1f s)",
+                     k, len(history), history[0]["objective"] if history else final.inertia, final.inertia,
+                     report["codebooks"][str(k)]["clusters_used"], report["codebooks"][str(k)]["final_imbalance"],
+                     time.perf_counter() - t_seed)  # fmt: skip
         # Memory sizing for a cluster: what the largest actor needed for its share of the frames.
         report["actor_peak_rss_mb"] = parts.call("peak_rss_mb", [()] * len(loaded))
         report["actor_restarts"] = list(parts.restarts)  # per part: replacements after its actor died

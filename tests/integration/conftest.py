@@ -70,13 +70,14 @@ def short_run(ray_session, tmp_path_factory):
 
     out_dir = tmp_path_factory.mktemp("short_run")
     sets = [f"output_dir={out_dir}", *SHORT_RUN]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    printed, terminal = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(terminal):
         rc = main(["run", "jobs/demo.yaml", *[a for item in sets for a in ("--set", item)]])
-    assert rc == 0, printed.getvalue()[-3000:]
+    assert rc == 0, printed.getvalue()[-3000:] + terminal.getvalue()[-3000:]
     cfg = load_config("jobs/demo.yaml", sets)
     report = json.loads((paths.run_dir(cfg) / "report.json").read_text())
-    return SimpleNamespace(out_dir=out_dir, sets=sets, cfg=cfg, stdout=printed.getvalue(), report=report)
+    return SimpleNamespace(out_dir=out_dir, sets=sets, cfg=cfg, stdout=printed.getvalue(), stderr=terminal.getvalue(),
+                           report=report)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,7 @@ class KillPart(logging.Handler):
     """
 
     def __init__(self, kills: list[tuple[int, tuple]]):
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.kills = list(kills)
         self.pid_of: dict[int, int] = {}
         self.pids: set[int] = set()  # every actor process of the fit, replacements too
@@ -112,7 +112,8 @@ class KillPart(logging.Handler):
 
 @pytest.fixture
 def killer():
-    """Installs a KillPart on the pipeline's logger (at INFO) for one test."""
+    """Installs a KillPart on the pipeline's logger (at DEBUG: per-part loads, seeding and each Lloyd
+    iteration are logged there) for one test."""
     logger = logging.getLogger(LOGGER)
     handlers, level = [], logger.level
 
@@ -122,7 +123,7 @@ def killer():
         handlers.append(h)
         return h
 
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)
     yield install
     for h in handlers:
         logger.removeHandler(h)

@@ -26,6 +26,16 @@ def test_run_end_to_end(short_run):
         assert f"{step} (ran)" in out, step
     assert "mean ± std" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     assert "?workflowType=machine_learning" in out  # the link opens the runs table, not the GenAI view
+    # The terminal: one line per codebook and per fold's labels; each Lloyd iteration only in the log file.
+    terminal = short_run.stderr
+    assert (
+        "k=4: " in terminal
+        and " iterations, objective " in terminal
+        and "K=8 " in terminal
+        and "labels in " in terminal
+    )
+    assert " iter 0 objective" not in terminal and "fold labels k=" not in terminal
+    assert " iter 0 objective" in paths.log_file(cfg).read_text()
     run = paths.run_dir(cfg)
     report = short_run.report
     assert set(report) == {"labels", "folds", "war_mean", "war_std", "uar_mean", "uar_std", "confusion_sum",

@@ -1,5 +1,9 @@
 """Terminal output: progress lines from the training workers reach stderr; every worker line reaches the log."""
 
+import logging
+import os
+import subprocess
+import sys
 import threading
 
 from gmptl import progress
@@ -66,3 +70,13 @@ def test_a_line_the_stream_carries_twice_is_shown_and_logged_once(tmp_path, caps
     d.emit({**batch, "pid": 10})  # another process printing the same text is not a duplicate
     assert capsys.readouterr().err.count("gmp       fold 1  epoch   2/3") == 2
     assert log.read_text().count(progress.PREFIX) == 2
+
+
+def test_without_verbose_mlflow_imported_later_keeps_to_warnings():
+    # MLflow configures its logger when first imported, after the CLI set up logging: the CLI's setting
+    # must survive that (no "Creating initial MLflow database tables" on the terminal).
+    code = ("import logging; from gmptl.cli.options import setup_logging; setup_logging(False); import mlflow; "
+            "print(logging.getLogger('mlflow').getEffectiveLevel())")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    level = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert int(level.stdout.strip()) >= logging.WARNING
