@@ -104,11 +104,15 @@ def setup_logging(verbose: bool) -> None:
     handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     if not verbose:
         handler.addFilter(_ConsoleFilter())
+        handler.setLevel(logging.INFO)
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "_gmptl", False)]
     handler._gmptl = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # gmptl's own DEBUG lines (each Lloyd iteration, per-part loads) reach the run's log file either way;
+    # the terminal handler above keeps them off the screen unless -v.
+    logging.getLogger("gmptl").setLevel(logging.DEBUG)
     # Ray, Ray Data and MLflow attach their own console handlers: without -v they speak up for warnings
     # only (Ray Data's progress tables, "Started a local Ray instance", database migrations).
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "alembic"):
