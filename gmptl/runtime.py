@@ -17,6 +17,14 @@ log = logging.getLogger(__name__)
 # watch (one more actor process per fit) and no reason to poll workers only every 2 s. On a 2-core laptop
 # the two cost ~2 s of each fit (bench/bench_fit_overhead.py). A real cluster keeps Ray's defaults.
 EMBEDDED_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _drop_opt_out_advice(record: logging.LogRecord) -> bool:
+    """Ray turns token authentication on for a new local cluster and then advises turning it off
+    ("Set RAY_AUTH_MODE=disabled to opt out"): gmptl keeps it on and says so itself."""
+    return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
 
 # Ray binds its servers (GCS, raylet, object manager, workers, dashboard and runtime-env agents) to the
 # node IP, which on Linux it takes from the default route: an embedded Ray would accept connections from
@@ -62,6 +70,7 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
         for key, value in EMBEDDED_RAY_ENV.items():  # a value already set wins
             os.environ.setdefault(key, value)
         bind_embedded_ray_to_loopback()
+        logging.getLogger(RAY_AUTH_LOGGER).addFilter(_drop_opt_out_advice)
         # The dashboard process also serves the state API Ray Train's placement-group cleaner polls
         # (without it, it logs "Failed to query ... State API" every few seconds). Bound to localhost.
         ray.init(
@@ -78,6 +87,9 @@ def ensure_ray(cfg: RuntimeConfig) -> None:
                 f"the embedded Ray came up on {node_ip}, not 127.0.0.1: it would accept connections from the "
                 f"network. Join a cluster you started yourself instead (runtime.address, or RAY_ADDRESS)."
             )
+        mode = os.environ.get("RAY_AUTH_MODE", "disabled")  # Ray sets it when it turns authentication on
+        log.info("embedded Ray on %s, token authentication %s", node_ip,
+                 "on" if mode.lower() == "token" else f"off (RAY_AUTH_MODE={mode})")  # fmt: skip
     protect_auth_token()
     if (worker_log := route_worker_output()) is not None:
         log.info("Ray worker output: %s", worker_log)

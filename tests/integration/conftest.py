@@ -120,4 +120,4 @@ def killed_run(short_run, tmp_path_factory):
             sockets = listening_sockets(proc.pid)
         finally:
             kill_tree(proc, crash=True)
-    return SimpleNamespace(out=out, sets=sets, args=args, sockets=sockets)
+    return SimpleNamespace(out=out, sets=sets, args=args, sockets=sockets, terminal=log_path.read_text())

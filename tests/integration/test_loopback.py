@@ -24,3 +24,8 @@ def test_embedded_ray_listens_on_loopback_only(killed_run):
     assert {"gcs_server", "raylet"} <= commands and any(c.startswith("ray::") for c in commands), sockets
     exposed = [s for s in sockets if s[2] not in ("127.0.0.1", "::1")]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_a_user_run_says_token_authentication_is_on_and_ray_does_not_advise_turning_it_off(killed_run):
+    assert "embedded Ray on 127.0.0.1, token authentication on" in killed_run.terminal
+    assert "RAY_AUTH_MODE=disabled" not in killed_run.terminal
