@@ -472,10 +472,11 @@ def fit_codebooks(
                 "fit_s": time.perf_counter() - t_k,
             }
             # Per iteration at DEBUG (the run's log file); the terminal gets one line per codebook.
+            done = report["codebooks"][str(k)]
             log.info("k=%d: %d iterations, objective %.6g -> %.6g, %d clusters used, imbalance %.3f (%.1f s)",
-                     k, len(history), history[0]["objective"] if history else final.inertia, final.inertia,
-                     report["codebooks"][str(k)]["clusters_used"], report["codebooks"][str(k)]["final_imbalance"],
-                     time.perf_counter() - t_seed)  # fmt: skip
+                     k, done["n_iter_run"], history[0]["objective"] if history else done["final_objective"],
+                     done["final_objective"], done["clusters_used"], done["final_imbalance"],
+                     done["seed_s"] + done["fit_s"])  # fmt: skip
         # Memory sizing for a cluster: what the largest actor needed for its share of the frames.
         report["actor_peak_rss_mb"] = parts.call("peak_rss_mb", [()] * len(loaded))
         report["actor_restarts"] = list(parts.restarts)  # per part: replacements after its actor died
