@@ -74,7 +74,7 @@ def main() -> None:
     shared = None if args.stage else pooled_layers(load_pretrained(cfg.model.backbone).eval(), waves)
     for fold in prep.folds:
         if args.stage:
-            folder = paths.stage_dir(cfg, fold.index, args.stage) / "best"
+            folder = paths.best_model_dir(cfg, fold.index, args.stage)
             if not folder.is_dir():
                 raise SystemExit(f"error: {folder} does not exist: run `gmptl run {args.config}` first")
             feats = pooled_layers(load_pretrained(str(folder)).eval(), waves)

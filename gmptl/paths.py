@@ -35,6 +35,8 @@ TEST_JSON = "test.json"
 PRETRAIN_JSON = "pretrain.json"
 # What MLflow could not take yet (gmptl.tracking.Outbox), in the folder of the stage that logged it.
 MLFLOW_OUTBOX = "mlflow_outbox.jsonl"
+# The model folder a training stage keeps: its selected epoch, in the stage's folder.
+BEST_MODEL = "best"
 
 
 def backbone_folder(name_or_path: str) -> str:
@@ -152,7 +154,7 @@ def features_dir(cfg: Config, fold: int | None = None) -> Path:
 
 def extraction_model_dir(cfg: Config, fold: int | None) -> Path | None:
     """The model folder features are extracted with: the fold's stage-0 best model, or None (model.backbone)."""
-    return stage_dir(cfg, fold, "mtl") / "best" if cfg.features.source == "mtl" and fold is not None else None
+    return best_model_dir(cfg, fold, "mtl") if cfg.features.source == "mtl" and fold is not None else None
 
 
 def clusters_dir(cfg: Config, fold: int) -> Path:
@@ -197,6 +199,12 @@ def stage_dir(cfg: Config, fold: int, stage: str) -> Path:
     content = s.model_dump(mode="json", exclude=_RESOURCE_KEYS)
     key = config_hash_of([to_dict(cfg.data), to_dict(cfg.folds), _model_key(cfg), stage, content, upstream])
     return output_dir(cfg) / "train" / stage / key / f"fold{fold}"
+
+
+def best_model_dir(cfg: Config, fold: int, stage: str) -> Path:
+    """The model folder a stage keeps for one fold (its selected epoch): what later stages, evaluation,
+    predict and export load."""
+    return stage_dir(cfg, fold, stage) / BEST_MODEL
 
 
 def _pretrain_key(cfg: Config, upto: int) -> str:

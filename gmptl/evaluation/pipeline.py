@@ -1,7 +1,7 @@
 """Pipeline step ``evaluate`` and the run report: the test speakers scored once, then the cross-validation
 report with its figures.
 
-Inputs: a fold's stage-2 model folder (``paths.stage_dir(..., "utterance") / "best"``) and the manifest.
+Inputs: a fold's stage-2 model folder (``paths.best_model_dir(..., "utterance")``) and the manifest.
 Outputs: ``paths.test_dir``: ``test.json`` (written last) and ``predictions.parquet``; the run report
 (``paths.run_dir``): ``report.json``, ``report.md``, the figures and the resolved ``config.yaml``.
 """
@@ -44,7 +44,7 @@ def evaluate_step(ctx: Any) -> dict[str, Any]:
     task = ray.remote(evaluate_model).options(num_cpus=s.num_cpus_per_worker, num_gpus=1 if s.use_gpu else 0)
     ev = ray.get(
         task.remote(
-            str(paths.stage_dir(cfg, fold.index, "utterance") / "best"),
+            str(paths.best_model_dir(cfg, fold.index, "utterance")),
             items_of(test, labels, cfg.data.sample_rate_hz),
             cfg.data.sample_rate_hz,
             s.eval_batch_max_audio_s,

@@ -3,7 +3,7 @@
 Input: a run folder ``<output_dir>/runs/<config hash>/`` written by ``gmptl run``
 (its ``config.yaml`` is the resolved config of the run; ``report.json``, when the
 run finished, lists the folds it evaluated). The fold's model is located the way
-the run placed it, ``paths.stage_dir(cfg, fold, "utterance") / "best"``, with
+the run placed it, ``paths.best_model_dir(cfg, fold, "utterance")``, with
 ``output_dir`` taken from where RUN_DIR lies (not from the working directory); if
 a newer gmptl hashes that config differently, the stage-2 model whose
 ``model.json`` names the run's config hash and the fold is used instead.
@@ -73,7 +73,7 @@ def locate_model(run_dir: str | Path, fold: int) -> tuple[Path, dict[str, Any]]:
         entry = next(f for f in report["folds"] if f["fold"] == fold)
     elif fold < 0:
         raise InferenceError(f"--fold {fold}: folds are numbered from 0")
-    model_dir = paths.stage_dir(cfg, fold, "utterance") / "best"
+    model_dir = paths.best_model_dir(cfg, fold, "utterance")
     if not (model_dir / MODEL_JSON).is_file():
         model_dir = _trained_by(run_dir, fold) or model_dir
     if not (model_dir / MODEL_JSON).is_file():

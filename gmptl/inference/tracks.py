@@ -27,7 +27,7 @@ def frame_track_pngs(cfg: Config, df: Any, fold: Any, folder: Path, n: int = 3) 
         segments = read_segments(root)
         order.sort(key=lambda u: len({seg[2] for seg in segments.get(u, [])}) < 2)  # changing ones first
     predictor = Predictor(
-        paths.stage_dir(cfg, fold.index, "utterance") / "best",
+        paths.best_model_dir(cfg, fold.index, "utterance"),
         window_s=cfg.stages.utterance.crop_s,
         device="cpu",
     )

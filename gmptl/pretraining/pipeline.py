@@ -59,7 +59,7 @@ def _iteration(cfg: Config, df: pd.DataFrame, parts: pd.Series, i: int, parent: 
 
     it = cfg.pretrain.iterations[i]
     folder = paths.pretrain_iteration_dir(cfg, i)
-    previous = paths.pretrain_iteration_dir(cfg, i - 1) / "train" / "best" if i > 0 else None
+    previous = paths.pretrain_iteration_dir(cfg, i - 1) / "train" / paths.BEST_MODEL if i > 0 else None
     name = f"iter {i + 1}"
     report: dict[str, Any] = {
         "iteration": i + 1,

@@ -91,7 +91,7 @@ def _upstream(cfg: Config, fold: Fold, stage: str) -> tuple[str | None, str | No
             + (f" (or set stages.{stage}.init=pretrained)" if step.kind == "train" else "")
         )
     init = getattr(getattr(cfg.stages, stage), "init", "pretrained")
-    init_dir = None if init == "pretrained" else str(paths.stage_dir(cfg, fold.index, init) / "best")
+    init_dir = None if init == "pretrained" else str(paths.best_model_dir(cfg, fold.index, init))
     labels_dir = str(paths.labels_dir(cfg, fold.index)) if "label" in steps.get(stage).needs(cfg) else None
     return init_dir, labels_dir
 
@@ -263,7 +263,7 @@ def _close_stage_run(run: tracking.Run, out: Path, figures: dict[str, str], best
     assert run.outbox is not None, "fit_stage gives the stage's run its outbox"
     run.defer(
         *[run.artifact_entry(f) for f in (out / "config.yaml", out / paths.STAGE_JSON, *figures.values())],
-        run.artifact_entry(out / "best", "best_model"),
+        run.artifact_entry(out / paths.BEST_MODEL, "best_model"),
         run.tags_entry({"gmptl.best_epoch": str(best_epoch)}),
         run.status_entry("FINISHED"),
     )
@@ -298,7 +298,7 @@ def _finish(cfg: Config, stage: str, fold: int | None, where: str, out: Path, re
             extra["fold"] = fold
         if stage == "utterance":
             extra |= {"loss": cfg.stages.utterance.loss, "scale": cfg.stages.utterance.scale}
-        save_model(model.eval(), Path(tmp) / "best", extra)
+        save_model(model.eval(), Path(tmp) / paths.BEST_MODEL, extra)
         if result.checkpoint is not None:
             with result.checkpoint.as_directory() as d:
                 last_state = json.loads((Path(d) / "state.json").read_text())
@@ -310,7 +310,7 @@ def _finish(cfg: Config, stage: str, fold: int | None, where: str, out: Path, re
                 shutil.rmtree(old)
             else:
                 old.unlink()
-        shutil.move(str(Path(tmp) / "best"), out / "best")
+        shutil.move(str(Path(tmp) / paths.BEST_MODEL), out / paths.BEST_MODEL)
     history = last_state.get("history", [])
     figures = {"curves": str(curves_png(history, out / "curves.png", f"{stage} {where}"))} if history else {}
     if best.get("val_confusion"):
@@ -332,7 +332,7 @@ def _finish(cfg: Config, stage: str, fold: int | None, where: str, out: Path, re
         "best_metrics": {k: v for k, v in best.items() if isinstance(v, (int, float))},
         "epochs_run": last_state.get("epoch"),
         "history": history,
-        "model_dir": str(out / "best"),
+        "model_dir": str(out / paths.BEST_MODEL),
         "figures": figures,
         "ray_run": str(result.path),
         "mlflow_run_id": run.run_id if run else None,
